@@ -68,6 +68,22 @@ class ViT(VisionTransformer):
         rescale_init: bool = False,
         dynamic_img_size: bool = False,
     ) -> None:
+        # The constructor arguments, so that a saved encoder can be rebuilt from its file alone.
+        self.init_args = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            layer_scale_init=layer_scale_init,
+            pos_embed=pos_embed,
+            use_mask_token=use_mask_token,
+            rescale_init=rescale_init,
+            dynamic_img_size=dynamic_img_size,
+        )
         if pos_embed not in ("learn", "sincos"):
             raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
         if img_size % patch_size:

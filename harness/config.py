@@ -1,0 +1,131 @@
+"""Training configs: composed with Hydra from `harness/conf`, resolved once, saved with every run.
+
+    cfg = compose(["task=finetune", "data=inat2019", "model=small", "pretrained=results/pretrain/ab12cd34"])
+
+The derived values (absolute lr, per-device batch) are computed by one named function, `derived`, and logged both
+ways, so the arithmetic that reproductions live or die on is in one tested place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.io import atomic_write_text
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+TASKS = ("pretrain", "finetune", "linear")
+# Keys that change how a job runs but not what it computes: left out of its identity.
+NON_IDENTITY_KEYS = ("run_dir", "loader", "log", "run.compile")
+
+__all__ = ["CONF_DIR", "ConfigError", "Derived", "compose", "config_hash", "derived", "load_config", "save_config"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed or does not make sense, with what was expected."""
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved config for Hydra-style `overrides` (`key=value`, `group=option`), read-only."""
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR), job_name="harness"):
+            cfg = hydra_compose("config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err, overrides)) from err
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _explain(err: Exception, overrides: Sequence[str]) -> str:
+    """Hydra's message (which lists a group's options) plus the closest valid key for a misspelt override."""
+    message = str(err).strip()
+    base = OmegaConf.load(CONF_DIR / "config.yaml")
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if (CONF_DIR / key).is_dir():
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if isinstance(node, DictConfig) and leaf not in node:
+            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+            if close:
+                message += f"\n  unknown key '{key}': did you mean '{(parent + '.') if parent else ''}{close[0]}'?"
+    return message
+
+
+def _validate(cfg: DictConfig) -> None:
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {cfg.task!r}")
+    if cfg.task != "pretrain" and cfg.method.name not in ("classifier", "linear"):
+        raise ConfigError(f"task={cfg.task} trains a classifier or linear probe, not method={cfg.method.name}")
+    if cfg.optim.lr is None and cfg.optim.blr is None:
+        raise ConfigError("set optim.lr (absolute) or optim.blr (scaled by batch_size / 256)")
+    if cfg.optim.batch_size % cfg.optim.accum_steps:
+        raise ConfigError(f"optim.batch_size {cfg.optim.batch_size} is not a multiple of accum_steps")
+    if cfg.run.amp not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"run.amp must be auto, bf16, fp16 or fp32, got {cfg.run.amp!r}")
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed from the config and the world size (logged next to what they came from)."""
+
+    lr: float  # absolute peak learning rate
+    batch_per_device: int  # micro-batch each process loads per step
+    world_size: int
+    accum_steps: int
+
+
+def derived(cfg: DictConfig, world_size: int) -> Derived:
+    """Absolute lr (`blr * batch_size / 256` when `lr` is null) and the per-device micro-batch."""
+    batch, accum = cfg.optim.batch_size, cfg.optim.accum_steps
+    if batch % (world_size * accum):
+        raise ConfigError(
+            f"optim.batch_size={batch} does not split over {world_size} processes x {accum} accumulation steps"
+        )
+    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * batch / 256
+    return Derived(
+        lr=float(lr), batch_per_device=batch // (world_size * accum), world_size=world_size, accum_steps=accum
+    )
+
+
+def config_hash(cfg: DictConfig, length: int = 12) -> str:
+    """A job's identity: hash of its resolved config without the keys that do not change its result."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_IDENTITY_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def load_config(path: str | Path) -> DictConfig:
+    """A saved `config.yaml` (read with yaml.safe_load semantics by OmegaConf), read-only."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no config at {path}: expected the config.yaml of a run folder")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"{path}: not a readable YAML config ({err})") from err
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

@@ -1,0 +1,402 @@
+"""The one training loop. It knows no method: a method is a model whose forward returns (loss, logs).
+
+Each optimiser step: set lr / weight decay / the method's scheduled values from precomputed arrays -> forward
+under autocast -> backward (accumulating over micro-batches, DDP syncing only on the last) -> method hook -> clip ->
+step -> method hook (DINO's EMA). Nothing in the step waits for the device: logged values and the non-finite flag
+stay on it until the logging interval or the next checkpoint.
+
+A run folder is resumable at any time: `last.pt` (every `log.checkpoint_every` steps and at each epoch end) holds
+the model, optimiser, scaler, step, elapsed time, RNG states and the config; the data order and augmentations are a
+function of (seed, epoch, index) (see loader.py), so a resumed run logs the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from harness.config import config_hash, derived, save_config
+from harness.io import atomic_write_json
+from harness.train import checkpoint, distributed
+from harness.train.build import ENCODER_FILE, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
+from harness.train.loader import EpochSampler, build_loader, shard_indices
+from harness.train.logging import MetricsLog, Progress, write_env
+from model.method import CosineSchedule
+
+__all__ = ["RESULT_FILE", "NonFiniteLossError", "Trainer", "evaluate", "train"]
+
+RESULT_FILE = "result.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint written before it is intact."""
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
+    """Run (or resume) the job in `run_dir`; returns result.json's content, or None when stopped early."""
+    ctx = distributed.setup(cfg.run.device)
+    return Trainer(cfg, Path(run_dir), ctx).run()
+
+
+def _amp_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    amp = cfg.run.amp
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
+
+
+def _to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(_to(b, device) for b in batch)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path, ctx: distributed.Dist) -> None:
+        self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
+        self.device = ctx.device
+
+    # -----------------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        distributed.seed_everything(cfg.seed + ctx.rank)
+        self.net = build_model(cfg).to(self.device)
+        self.train_set, self.eval_set = build_datasets(cfg, self.net)
+        self.d = derived(cfg, ctx.world_size)
+        self.iters_per_epoch = len(self.train_set) // cfg.optim.batch_size
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"data={cfg.data.name} has {len(self.train_set)} training images, fewer than one batch "
+                f"(optim.batch_size={cfg.optim.batch_size})"
+            )
+        self.epochs = cfg.optim.epochs
+        self.total = self.iters_per_epoch * self.epochs
+        o = cfg.optim
+        self.lr = CosineSchedule(self.d.lr, o.min_lr, o.warmup_epochs).array(self.epochs, self.iters_per_epoch)
+        wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+        self.wd = CosineSchedule(o.weight_decay, wd_end).array(self.epochs, self.iters_per_epoch)
+        self.method_values = {
+            name: spec.array(self.epochs, self.iters_per_epoch) for name, spec in self.net.schedules().items()
+        }
+        self.optimizer = build_optimizer(self.net, cfg, self.d.lr, self.device)
+        # Groups built without weight decay (norms, biases, embeddings) never get any.
+        self.decayed_groups = [g for g in self.optimizer.param_groups if g["weight_decay"] > 0]
+        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.trainable = [p for p in self.net.parameters() if p.requires_grad]
+        self.mixup = self._mixup()
+
+    def _mixup(self):
+        a = self.cfg.aug
+        labelled = self.cfg.task == "finetune" or self.cfg.method.name == "supervised"
+        if not labelled or (a.mixup <= 0 and a.cutmix <= 0):
+            return None
+        from timm.data import Mixup
+
+        return Mixup(
+            mixup_alpha=a.mixup,
+            cutmix_alpha=a.cutmix,
+            label_smoothing=a.label_smoothing,
+            num_classes=self.net.head.out_features,
+        )
+
+    # -----------------------------------------------------------------------------------------------------------
+    def restore(self) -> int:
+        """Load the latest checkpoint if there is one; returns the step to start from."""
+        state = checkpoint.load_latest(self.run_dir)
+        self.elapsed_before, self.evals = 0.0, []
+        if state is None:
+            fit_tokenizer(self.net, self.train_set, self.cfg)
+            return 0
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.elapsed_before, self.evals = state["elapsed"], list(state["evals"])
+        self.pending_rng = state["rng"]
+        return int(state["it"])
+
+    def save(self, it: int) -> None:
+        """`last` checkpoint after `it` optimiser steps (main process), never of a non-finite state."""
+        self.check_finite()
+        if not self.ctx.is_main:
+            return
+        checkpoint.save(
+            self.run_dir,
+            {
+                "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "it": it,
+                "elapsed": self.elapsed(),
+                "evals": self.evals,
+                "rng": checkpoint.get_rng_state(),
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+            },
+        )
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def check_finite(self) -> None:
+        first_bad = int(self.first_bad)  # a host sync: only at logging intervals and checkpoints
+        if first_bad >= 0:
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {first_bad + 1} of {self.run_dir}; "
+                f"the last checkpoint before it is kept in {self.run_dir / checkpoint.CHECKPOINT_NAMES[0]}"
+            )
+
+    # -----------------------------------------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        cfg, ctx = self.cfg, self.ctx
+        self.setup()
+        start = self.restore()
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            write_env(self.run_dir / "env.json", ctx.world_size, self.device)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", start if start else None) if ctx.is_main else None
+        core = self.net
+        model = core
+        if ctx.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers (tokenizer codebooks, DINO's centre) are identical or all-reduced: no per-step broadcast.
+            model = DistributedDataParallel(core, device_ids=ids, broadcast_buffers=False)
+        self.forward = torch.compile(model) if cfg.run.compile else model
+        self.ddp = model if ctx.world_size > 1 else None
+
+        if hasattr(self, "pending_rng"):  # last, after everything that draws at build time
+            checkpoint.set_rng_state(self.pending_rng)
+        self.first_bad = torch.tensor(-1, device=self.device)
+        self.it_on_device = torch.tensor(start, device=self.device)
+        self.started = time.perf_counter()
+        progress = Progress(self.total, start, cfg.log.progress, desc=f"{cfg.task} {cfg.method.name}")
+        if start == 0:
+            progress.message(
+                f"{cfg.task} {cfg.method.name} on {cfg.data.name}: {len(self.train_set)} images, "
+                f"{self.iters_per_epoch} it/epoch x {self.epochs} epochs; batch {cfg.optim.batch_size} = "
+                f"{self.d.batch_per_device} x {ctx.world_size} processes x {self.d.accum_steps} accum; "
+                f"lr {self.d.lr:.3g} (optim.lr={cfg.optim.lr}, blr={cfg.optim.blr})"
+            )
+        try:
+            stopped = self.train_epochs(start, progress)
+        finally:
+            progress.close()
+        if stopped:
+            return None
+        return self.finish()
+
+    def train_epochs(self, start: int, progress: Progress) -> bool:
+        """Train from step `start` to the end; True when stopped early (log.stop_after)."""
+        cfg, accum = self.cfg, self.d.accum_steps
+        samples_per_rank = self.iters_per_epoch * accum * self.d.batch_per_device
+        sampler = EpochSampler(
+            len(self.train_set),
+            samples_per_rank,
+            seed=cfg.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            repeats=3 if cfg.aug.repeated_aug and cfg.method.name in ("classifier", "supervised") else 1,
+        )
+        sums: dict[str, torch.Tensor] = {}
+        window = (start, time.perf_counter())
+        it = start
+        done_epochs = start // self.iters_per_epoch
+        if start and start % self.iters_per_epoch == 0 and self.eval_due(done_epochs):
+            if not any(e["epoch"] == done_epochs for e in self.evals):  # stopped between an epoch and its eval
+                self.end_epoch(done_epochs, it, progress)
+        for epoch in range(start // self.iters_per_epoch, self.epochs):
+            step_in_epoch = it - epoch * self.iters_per_epoch
+            self.train_set.set_epoch(epoch)
+            sampler.set_epoch(epoch, start=step_in_epoch * accum * self.d.batch_per_device)
+            loader = build_loader(
+                self.train_set,
+                sampler,
+                self.d.batch_per_device,
+                cfg.loader.workers,
+                cfg.loader.pin_memory and self.device.type == "cuda",
+                seed=cfg.seed,
+            )
+            self.net.train()
+            for micro, batch in enumerate(loader):
+                last_micro = micro % accum == accum - 1
+                if micro % accum == 0:
+                    self.set_step_values(it)
+                logs = self.micro_step(_to(batch, self.device), last_micro)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v.float() / accum
+                if not last_micro:
+                    continue
+                self.optimizer_step(epoch)
+                it += 1
+                if it % cfg.log.every == 0 or it == self.total:
+                    window = self.log(it, sums, window, progress)
+                    sums = {}
+                if cfg.log.stop_after is not None and it - start >= cfg.log.stop_after:
+                    self.save(it)
+                    progress.message(f"stopped after {it} iterations (log.stop_after); resumable from {self.run_dir}")
+                    return True
+                if it % cfg.log.checkpoint_every == 0:
+                    self.save(it)
+            self.end_epoch(epoch + 1, it, progress)
+        return False
+
+    def set_step_values(self, it: int) -> None:
+        lr, wd = float(self.lr[it]), float(self.wd[it])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        for group in self.decayed_groups:
+            group["weight_decay"] = wd
+        if self.method_values:
+            self.net.set_schedule_values(**{k: float(v[it]) for k, v in self.method_values.items()})
+
+    def micro_step(self, batch, sync: bool) -> dict[str, torch.Tensor]:
+        if self.mixup is not None:
+            batch = self.mixup(*batch)
+        no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()
+        autocast = torch.autocast(self.device.type, self.amp_dtype) if self.amp_dtype else nullcontext()
+        with no_sync:
+            with autocast:
+                loss, logs = self.forward(*batch)
+            scaled = loss / self.d.accum_steps
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        # Remember the first non-finite step on the device; it is read at the next log or checkpoint.
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), self.it_on_device, self.first_bad)
+        return logs
+
+    def optimizer_step(self, epoch: int) -> None:
+        self.net.after_backward(epoch)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.net.after_step()
+        self.it_on_device += 1
+
+    # -----------------------------------------------------------------------------------------------------------
+    def log(self, it: int, sums: dict, window: tuple[int, float], progress: Progress) -> tuple[int, float]:
+        self.check_finite()
+        start_it, start_time = window
+        now = time.perf_counter()
+        steps = max(1, it - start_it)
+        values = {k: float(v) / steps for k, v in sums.items()}  # the interval's mean of each logged value
+        images = steps * self.cfg.optim.batch_size
+        record = {
+            "it": it,
+            "epoch": it / self.iters_per_epoch,
+            "lr": float(self.lr[it - 1]),
+            "wd": float(self.wd[it - 1]),
+            "img_s": images / max(now - start_time, 1e-9),
+            "elapsed_s": self.elapsed(),
+            **values,
+        }
+        record |= {k: float(v[it - 1]) for k, v in self.method_values.items()}
+        if self.metrics is not None:
+            self.metrics.write(record)
+        progress.update(it, record)
+        return it, now
+
+    def eval_due(self, epoch: int) -> bool:
+        return self.eval_set is not None and (epoch % self.cfg.eval.every_epochs == 0 or epoch == self.epochs)
+
+    def end_epoch(self, epoch: int, it: int, progress: Progress) -> None:
+        """Evaluate when due, then checkpoint (so the checkpoint knows the evaluation)."""
+        if self.eval_due(epoch):
+            top1, top5 = evaluate(self.net, self.eval_set, self.ctx, self.d.batch_per_device, self.cfg, self.amp_dtype)
+            self.evals.append({"epoch": epoch, "top1": top1, "top5": top5})
+            if self.metrics is not None:
+                self.metrics.write({"it": it, "epoch": epoch, "eval": True, "top1": top1, "top5": top5})
+            progress.message(f"epoch {epoch}: top-1 {top1:.2f}  top-5 {top5:.2f}")
+        self.save(it)
+
+    # -----------------------------------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Write what downstream jobs and reports read: encoder.pt (pre-training), then result.json, last."""
+        wall = self.elapsed()
+        result = {
+            "task": self.cfg.task,
+            "protocol": self.cfg.task
+            if self.cfg.task != "linear"
+            else ("layer" if self.cfg.linear.layer else "linear"),
+            "method": self.cfg.method.name,
+            "data": self.cfg.data.name,
+            "epochs": self.epochs,
+            "iterations": self.total,
+            "world_size": self.ctx.world_size,
+            "wall_clock_s": wall,
+            "gpu_hours": wall * self.ctx.world_size / 3600 if self.device.type == "cuda" else 0.0,
+            "device_hours": wall * self.ctx.world_size / 3600,
+            "config_hash": config_hash(self.cfg),
+        }
+        if self.evals:
+            last = self.evals[-1]
+            best1 = max(self.evals, key=lambda e: e["top1"])
+            best5 = max(self.evals, key=lambda e: e["top5"])
+            result |= {
+                "top1": last["top1"],
+                "top5": last["top5"],
+                "final_epoch": last["epoch"],
+                "best_top1": best1["top1"],
+                "best_top1_epoch": best1["epoch"],
+                "best_top5": best5["top5"],
+                "best_top5_epoch": best5["epoch"],
+            }
+        if self.metrics is not None:
+            losses = [r["loss"] for r in _read_jsonl(self.metrics.path) if "loss" in r]
+            result["final_loss"] = losses[-1] if losses else None
+        if self.ctx.is_main:
+            if self.cfg.task == "pretrain":
+                save_encoder(self.net.export_encoder, self.run_dir / ENCODER_FILE)
+            atomic_write_json(self.run_dir / RESULT_FILE, result)
+        distributed.barrier()
+        return result
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module, dataset, ctx: distributed.Dist, batch_size: int, cfg: DictConfig, amp_dtype
+) -> tuple[float, float]:
+    """Top-1 / top-5 accuracy (%) of `net.predict` on `dataset`, each rank on its own shard, summed over ranks."""
+    net.eval()
+    n = len(dataset)
+    indices = shard_indices(torch.arange(n), ctx.rank, ctx.world_size, math.ceil(n / ctx.world_size))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices.tolist()),
+        batch_size=batch_size,
+        num_workers=cfg.loader.workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+    counts = torch.zeros(3, device=ctx.device)  # top-1 hits, top-5 hits, samples
+    for images, labels in loader:
+        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, amp_dtype) if amp_dtype else nullcontext():
+            logits = net.predict(images)
+        top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
+        hits = top == labels[:, None]
+        counts += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), torch.tensor(len(labels), device=ctx.device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    net.train()
+    top1, top5, total = counts.tolist()
+    return 100.0 * top1 / total, 100.0 * top5 / total
