@@ -228,3 +228,33 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     assert not torch.equal(a["encoder.blocks.0.attn.qkv.weight"], fresh.encoder.blocks[0].attn.qkv.weight)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["world_size"] == 2 and result["iterations"] == 6
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=beit"],
+        ["method=dino"],
+        ["method=supervised"],
+        ["method=splitmask", "method.args.tokenizer=kmeans", "method.tokenizer_fit.iters=20"],
+        ["method=splitmask", "data.strong_aug=true", "+method.args.mask_pattern=random", "method.args.mask_ratio=0.75"],
+    ],
+    ids=["beit", "dino", "supervised", "splitmask-kmeans", "splitmask-small-set-recipe"],
+)
+def test_every_pretraining_method_runs_through_the_loop(tmp_path, overrides):
+    result = train(compose([*TINY, "optim.epochs=1", *overrides]), tmp_path)
+    assert result["iterations"] == 6 and np.isfinite(result["final_loss"])
+    encoder = torch.load(tmp_path / "encoder.pt", weights_only=True)
+    assert encoder["args"]["img_size"] == 28 and "pos_embed" in encoder["state_dict"]
+    if "method=dino" in overrides:
+        assert "teacher_momentum" in _metrics(tmp_path)[-1]  # the method's schedules are logged too
+
+
+def test_cli_reports_bad_config_without_a_traceback(capsys):
+    from harness.cli import main
+
+    assert main(["train", "pretrain", "optim.epoch=2"]) == 2
+    assert "did you mean 'optim.epochs'" in capsys.readouterr().err
+    assert main(["train", "finetune", "pretrained=/nonexistent/run"]) == 2
+    assert "encoder.pt" in capsys.readouterr().err

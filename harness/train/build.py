@@ -168,18 +168,23 @@ def fit_tokenizer(net: nn.Module, train: SeededTransformDataset, cfg: DictConfig
     tokenizer = getattr(net, "tokenizer", None)
     if tokenizer is None or not tokenizer.needs_fit:
         return
-    info = DATASETS[cfg.data.name]
+    info, fit = DATASETS[cfg.data.name], cfg.method.tokenizer_fit
     base = train.dataset
     per_image = (cfg.data.img_size // tokenizer.patch_size) ** 2
-    wanted = tokenizer.vocab_size if isinstance(tokenizer, RandomPatchesTokenizer) else 3_000_000
-    count = min(len(base), max(tokenizer.vocab_size, math.ceil(wanted / per_image)))
+    random_patches = isinstance(tokenizer, RandomPatchesTokenizer)
+    wanted = tokenizer.vocab_size if random_patches else fit.num_patches
+    # random patches: one image per codebook entry ("patches from different images"); k-means: enough images
+    count = min(len(base), tokenizer.vocab_size if random_patches else math.ceil(wanted / per_image))
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(base), generator=g)[:count].tolist()
     images = _Transformed(
         Subset(base, pick), eval_transform(cfg.data.img_size, tuple(info.mean), tuple(info.std), crop_pct=1.0)
     )
     loader = torch.utils.data.DataLoader(images, batch_size=256, num_workers=cfg.loader.workers)
-    tokenizer.fit(loader, generator=g)
+    if random_patches:
+        tokenizer.fit(loader, generator=g)
+    else:
+        tokenizer.fit(loader, num_patches=fit.num_patches, generator=g, iters=fit.iters, batch_size=fit.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -210,9 +210,9 @@ class Trainer:
         window = (start, time.perf_counter())
         it = start
         done_epochs = start // self.iters_per_epoch
-        if start and start % self.iters_per_epoch == 0 and self.eval_due(done_epochs):
-            if not any(e["epoch"] == done_epochs for e in self.evals):  # stopped between an epoch and its eval
-                self.end_epoch(done_epochs, it, progress)
+        at_epoch_end = start and start % self.iters_per_epoch == 0
+        if at_epoch_end and self.eval_due(done_epochs) and done_epochs not in {e["epoch"] for e in self.evals}:
+            self.end_epoch(done_epochs, it, progress)  # stopped between an epoch's last step and its evaluation
         for epoch in range(start // self.iters_per_epoch, self.epochs):
             step_in_epoch = it - epoch * self.iters_per_epoch
             self.train_set.set_epoch(epoch)
