@@ -115,6 +115,11 @@ class Trainer:
         self.elapsed_before, self.evals = 0.0, []
         if state is None:
             fit_tokenizer(self.net, self.train_set, self.cfg)
+            tokenizer = getattr(self.net, "tokenizer", None)
+            if tokenizer is not None and dist.is_available() and dist.is_initialized():
+                for buffer in tokenizer.buffers():  # one codebook for all ranks, whatever the fit's numerics
+                    if buffer.is_floating_point():
+                        dist.broadcast(buffer, src=0)
             return 0
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
