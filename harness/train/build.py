@@ -24,6 +24,7 @@ from harness.data.transforms import (
     finetune_transform,
     pretrain_transform,
 )
+from harness.io import atomic_write
 from harness.train.loader import SeededTransformDataset
 from model.tokenizers import RandomPatchesTokenizer
 
@@ -59,8 +60,6 @@ def _registry_name(method: str, size: str) -> str:
 # encoders: what pre-training hands to fine-tuning
 def save_encoder(encoder: models.ViT, path: str | Path) -> None:
     """The encoder's constructor arguments and weights (no mask token), enough to rebuild it alone."""
-    from harness.io import atomic_write
-
     state = {k: v for k, v in encoder.state_dict().items() if k != "mask_token"}
     args = encoder.init_args | {"use_mask_token": False, "dynamic_img_size": False}
     atomic_write(path, lambda f: torch.save({"args": args, "state_dict": state}, f))

@@ -399,7 +399,9 @@ def evaluate(
             logits = net.predict(images)
         top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top == labels[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), torch.tensor(len(labels), device=ctx.device)])
+        counts[0] += hits[:, 0].sum()
+        counts[1] += hits.any(-1).sum()
+        counts[2] += len(labels)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(counts)
     net.train()
