@@ -263,7 +263,9 @@ def test_cli_reports_bad_config_without_a_traceback(capsys):
 @needs_data
 def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     """The CUDA default (bf16 autocast) exercised on CPU: finite losses, fp32 master weights and checkpoint."""
-    result = train(compose([*TINY, "optim.epochs=1", "run.amp=bf16"]), tmp_path)
+    result = train(
+        compose([*TINY, "optim.epochs=1", "run.amp=bf16", "data.subset.per_class=4", "optim.batch_size=8"]), tmp_path
+    )
     assert np.isfinite(result["final_loss"])
     state = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     assert state["encoder.blocks.0.attn.qkv.weight"].dtype == torch.float32
