@@ -16,10 +16,12 @@ from torch.utils.data import Dataset, Subset
 
 import model as models
 from harness.config import ConfigError
-from harness.data import DATASETS, build_dataset, class_balanced_subset
-from harness.data.transforms import (
+from harness.data import (
+    DATASETS,
     MaskedView,
     MultiCropTransform,
+    build_dataset,
+    class_balanced_subset,
     eval_transform,
     finetune_transform,
     pretrain_transform,
