@@ -12,9 +12,9 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from model.masking import BlockMasking, generate, num_masked_for
+from model.masking import BlockMasking, num_masked_for
 from model.method import Method
-from model.mim import build_tokenizer, check_counts, positions, token_loss
+from model.mim import build_tokenizer, check_counts, positions, sample_masks, token_loss
 from model.tokenizers import Tokenizer
 from model.vit import ViT
 
@@ -78,4 +78,4 @@ class BEiT(Method):
 
     def sample_masks(self, batch_size: int, device: torch.device | str = "cpu", seed: int | None = None) -> Tensor:
         """Masks drawn in the calling process (the data pipeline draws them in its workers instead)."""
-        return torch.from_numpy(generate(self.mask_generator, batch_size, seed)).to(device)
+        return sample_masks(self.mask_generator, batch_size, device, seed)

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.masking import generate
 from model.tokenizers import Tokenizer, create_tokenizer
 
-__all__ = ["build_tokenizer", "check_counts", "positions", "token_loss"]
+__all__ = ["build_tokenizer", "check_counts", "positions", "sample_masks", "token_loss"]
 
 
 def build_tokenizer(tokenizer: str | Tokenizer, vocab_size: int, encoder: nn.Module, **kwargs) -> Tokenizer:
@@ -48,3 +49,10 @@ def token_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         acc = (logits.argmax(-1) == targets).float().mean()
     return loss, acc
+
+
+def sample_masks(
+    mask_generator, batch_size: int, device: torch.device | str = "cpu", seed: int | None = None
+) -> Tensor:
+    """Masks drawn in the calling process (the data pipeline draws them in its workers instead): [B, N]."""
+    return torch.from_numpy(generate(mask_generator, batch_size, seed)).to(device)

@@ -26,9 +26,9 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from model.beit import BEiT
-from model.masking import SplitMasking, generate
+from model.masking import SplitMasking
 from model.method import Method
-from model.mim import build_tokenizer, check_counts, positions, token_loss
+from model.mim import build_tokenizer, check_counts, positions, sample_masks, token_loss
 from model.tokenizers import Tokenizer
 from model.vit import ViT
 
@@ -230,7 +230,7 @@ class SplitMask(Method):
 
     def sample_masks(self, batch_size: int, device: torch.device | str = "cpu", seed: int | None = None) -> Tensor:
         """Splits drawn in the calling process (the data pipeline draws them in its workers instead)."""
-        return torch.from_numpy(generate(self.mask_generator, batch_size, seed)).to(device)
+        return sample_masks(self.mask_generator, batch_size, device, seed)
 
 
 def info_nce(

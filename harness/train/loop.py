@@ -112,7 +112,7 @@ class Trainer:
     def restore(self) -> int:
         """Load the latest checkpoint if there is one; returns the step to start from."""
         state = checkpoint.load_latest(self.run_dir)
-        self.elapsed_before, self.evals = 0.0, []
+        self.elapsed_before, self.evals, self.pending_rng = 0.0, [], None
         if state is None:
             fit_tokenizer(self.net, self.train_set, self.cfg)
             tokenizer = getattr(self.net, "tokenizer", None)
@@ -178,9 +178,10 @@ class Trainer:
         self.forward = torch.compile(model) if cfg.run.compile else model
         self.ddp = model if ctx.world_size > 1 else None
 
-        if hasattr(self, "pending_rng"):  # last, after everything that draws at build time
+        if self.pending_rng is not None:  # last, after everything that draws at build time
             checkpoint.set_rng_state(self.pending_rng)
         self.first_bad = torch.tensor(-1, device=self.device)
+        self.last_record: dict = {}
         self.it_on_device = torch.tensor(start, device=self.device)
         self.started = time.perf_counter()
         progress = Progress(self.total, start, cfg.log.progress, desc=f"{cfg.task} {cfg.method.name}")
@@ -313,6 +314,7 @@ class Trainer:
         record |= {k: float(v[it - 1]) for k, v in self.method_values.items()}
         if self.metrics is not None:
             self.metrics.write(record)
+        self.last_record = record
         progress.update(it, record)
         return it, now
 
@@ -361,21 +363,13 @@ class Trainer:
                 "best_top5": best5["top5"],
                 "best_top5_epoch": best5["epoch"],
             }
-        if self.metrics is not None:
-            losses = [r["loss"] for r in _read_jsonl(self.metrics.path) if "loss" in r]
-            result["final_loss"] = losses[-1] if losses else None
+        result["final_loss"] = self.last_record.get("loss")  # the last logging interval's mean
         if self.ctx.is_main:
             if self.cfg.task == "pretrain":
                 save_encoder(self.net.export_encoder, self.run_dir / ENCODER_FILE)
             atomic_write_json(self.run_dir / RESULT_FILE, result)
         distributed.barrier()
         return result
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @torch.no_grad()
