@@ -1,9 +1,13 @@
 """`harness` command line.
 
     harness train pretrain method=splitmask model=micro data=fashion_mnist optim.epochs=2
-    harness train finetune pretrained=results/pretrain/<hash> optim.epochs=10
+    harness plan   sweeps/smoke.yaml                    # jobs per stage: done / running / to submit, GPU-hours
+    harness run    sweeps/smoke.yaml --executor local   # submit what is missing (SLURM by default); safe to repeat
+    harness status sweeps/smoke.yaml                    # one row per job, failed jobs with their log's tail
 
-`plan`, `run`, `status` and `report` (sweeps on SLURM, tables and figures) arrive with the launcher and report issues.
+Arguments of plan / run / status that contain `=` are overrides: Hydra overrides for every job
+(`loader.workers=4`), or `cluster.KEY=VALUE` for the cluster settings (`cluster.partition=gpu`).
+`report` (tables and figures) arrives with the reports issue.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-COMMANDS = {
-    "plan": "show the job graph of sweeps: jobs per stage, done / running / to submit, GPU-hours",
-    "run": "submit what a sweep is missing (SLURM, or --executor local)",
-    "status": "one row per job: state, job id, elapsed, last metric",
-    "report": "the paper's tables and figures with our numbers beside them",
-}
+from harness.launch.executors import EXECUTORS
+
+
+def _sweep_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("args", nargs="+", metavar="SWEEP_OR_OVERRIDE", help="sweep files, then overrides")
+    parser.add_argument("--profile", help="run the same graph with harness/conf/profile/NAME.yaml (e.g. smoke)")
+    parser.add_argument("--cluster", help="cluster settings harness/conf/cluster/NAME.yaml ($HARNESS_CLUSTER)")
+    parser.add_argument("--results", help="results folder (default: $HARNESS_RESULTS, else ./results)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,21 +33,54 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="run (or resume) one training job in its run folder")
     train.add_argument("task", choices=["pretrain", "finetune", "linear"])
     train.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option (see harness/conf)")
-    for name, help_text in COMMANDS.items():
-        sub.add_parser(name, help=help_text).add_argument("args", nargs="*")
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        from harness.config import ConfigError
-        from harness.data import DatasetError
-        from harness.train.entry import main as train_main
+    _sweep_args(sub.add_parser("plan", help="the job graph of sweeps: per stage done / running / to submit, GPU-h"))
+    run = sub.add_parser("run", help="submit what the sweeps are missing; running it again submits nothing new")
+    _sweep_args(run)
+    run.add_argument("--executor", choices=EXECUTORS, help="slurm (default when squeue exists), local or debug")
+    run.add_argument("--retry-failed", action="store_true", help="resubmit failed jobs and their dependents")
+    run.add_argument("--dry-run", action="store_true", help="say what would be submitted, submit nothing")
+    _sweep_args(sub.add_parser("status", help="one row per job: state, job id, elapsed, last metric"))
+    sub.add_parser("report", help="the paper's tables and figures with our numbers (reports issue)")
+    args, extra = parser.parse_known_args(argv)  # overrides may come after options: collect them here
+    unknown = [e for e in extra if e.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if args.command == "train":
+            args.overrides += extra
+        elif args.command in ("plan", "run", "status"):
+            args.args += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-        try:
+    from harness.config import ConfigError
+    from harness.data import DatasetError
+    from harness.launch.journal import LockedError
+    from harness.launch.queue import QueueError
+    from harness.sweep import SweepError
+
+    try:
+        if args.command == "train":
+            from harness.train.entry import main as train_main
+
             return train_main(args.task, args.overrides)
-        except (ConfigError, DatasetError, FileNotFoundError) as err:
-            print(f"harness train: {err}", file=sys.stderr)
+        if args.command == "report":
+            print("harness report: not implemented yet (the reports issue)", file=sys.stderr)
             return 2
-    print(f"harness {args.command}: not implemented yet", file=sys.stderr)
-    return 2
+        from harness.launch import commands
+
+        sweeps = [a for a in args.args if "=" not in a]
+        if not sweeps:
+            parser.error(f"{args.command}: name at least one sweep file (sweeps/*.yaml)")
+        req = commands.Request(sweeps, [a for a in args.args if "=" in a], args.profile, args.cluster, args.results)
+        if args.command == "plan":
+            return commands.plan(req)
+        if args.command == "status":
+            return commands.status(req)
+        return commands.run(req, args.executor, args.retry_failed, args.dry_run)
+    except (ConfigError, DatasetError, SweepError, LockedError, QueueError, FileNotFoundError) as err:
+        print(f"harness {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

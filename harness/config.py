@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,10 @@ from harness.io import atomic_write_text
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 TASKS = ("pretrain", "finetune", "linear")
-# Keys that change how a job runs but not what it computes: left out of its identity.
-NON_IDENTITY_KEYS = ("run_dir", "loader", "log", "run.compile")
+# Keys that change how a job runs but not what it computes: left out of its identity. `data.root` is where the
+# dataset lives on this cluster (a fixed path keeps the job it was meant to be, so a failed job can be retried).
+NON_IDENTITY_KEYS = ("run_dir", "data.root", "loader", "log", "run.compile")
+TASK_RUN_DIR = re.compile(r"(?:^|/)((?:pretrain|finetune|linear)/[0-9a-f]{12})/?$")
 
 __all__ = ["CONF_DIR", "ConfigError", "Derived", "compose", "config_hash", "derived", "load_config", "save_config"]
 
@@ -102,7 +105,11 @@ def derived(cfg: DictConfig, world_size: int) -> Derived:
 
 
 def config_hash(cfg: DictConfig, length: int = 12) -> str:
-    """A job's identity: hash of its resolved config without the keys that do not change its result."""
+    """A job's identity: hash of its resolved config without the keys that do not change its result.
+
+    `pretrained` enters as the upstream's identity (`pretrain/<hash>`) when it names a run folder, so the same
+    fine-tuning has one identity whether results/ is given as a relative or an absolute path.
+    """
     data = OmegaConf.to_container(cfg, resolve=True)
     for dotted in NON_IDENTITY_KEYS:
         *parents, leaf = dotted.split(".")
@@ -110,6 +117,9 @@ def config_hash(cfg: DictConfig, length: int = 12) -> str:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    if data.get("pretrained"):  # a run folder is named by its job's identity: where results/ lives does not matter
+        found = TASK_RUN_DIR.search(str(data["pretrained"]))
+        data["pretrained"] = found.group(1) if found else str(Path(data["pretrained"]).resolve())
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

@@ -44,6 +44,9 @@ def _export_from_slurm() -> None:
 def setup(device: str = "auto") -> Dist:
     """Initialise the process group when the environment describes several processes; pick this rank's device."""
     _export_from_slurm()
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus:  # SLURM may not bind CPUs (task/none): keep torch to the CPUs this task was given
+        torch.set_num_threads(int(cpus))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,252 @@
+"""`harness plan`, `harness run` and `harness status`: compare what the sweeps want with what exists, then act.
+
+harness plan   sweeps/smoke.yaml                      # jobs per stage: done / running / to submit, GPU-hours
+harness run    sweeps/smoke.yaml --executor local     # submit (or run here) what is missing; safe to repeat
+harness status sweeps/smoke.yaml                      # one row per job; non-zero exit when something failed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.launch.cost import CostModel
+from harness.launch.executors import Group, run_here, submit_slurm
+from harness.launch.journal import Journal
+from harness.launch.queue import Queue
+from harness.launch.state import IN_FLIGHT, JobState, observe
+from harness.sweep import Graph, Job, compile_sweeps, load_cluster, load_sweep
+
+__all__ = ["Request", "compile_request", "plan", "run", "status"]
+
+RESULTS_ENV = "HARNESS_RESULTS"
+CLUSTER_ENV = "HARNESS_CLUSTER"
+
+
+@dataclass
+class Request:
+    """What the command line asked for: sweep files, where results live, and how to run."""
+
+    sweeps: list[str]
+    overrides: list[str] = field(default_factory=list)  # Hydra overrides for every job; cluster.X=Y for the cluster
+    profile: str | None = None
+    cluster: str | None = None
+    results: str | None = None
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.results or os.environ.get(RESULTS_ENV, "results")).resolve()
+
+
+def compile_request(req: Request) -> Graph:
+    """Load, check and compile the sweeps; SweepError before anything is submitted."""
+    cluster = load_cluster(req.cluster or os.environ.get(CLUSTER_ENV, "slurm"))
+    job_overrides = []
+    for item in req.overrides:
+        key, sep, value = item.partition("=")
+        if key.startswith("cluster.") and sep:
+            cluster[key.removeprefix("cluster.")] = yaml.safe_load(value)
+        else:
+            job_overrides.append(item)
+    sweeps = [load_sweep(path) for path in req.sweeps]
+    return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _hours(h: float) -> str:
+    return f"{h:.3g}" if h >= 0.01 else f"{h:.1e}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def plan(req: Request, out=None) -> int:
+    out = out or sys.stdout
+    graph = compile_request(req)
+    states = observe(graph, req.results_dir)
+    cost = CostModel()
+    cost.calibrate(req.results_dir, {j.run_dir: j.config for j in graph.jobs.values() if states[j.id].state == "done"})
+    estimates = {j.id: cost.estimate(j.config) for j in graph.jobs.values()}
+    columns = ["stage", "jobs", "done", "running", "pending", "failed", "to submit", "GPU-h/job", "GPU-h", "estimate"]
+    for sweep in graph.sweeps:
+        print(f"\n{sweep.name}: {sweep.title} ({sweep.path})", file=out)
+        rows = []
+        for stage in sweep.stages.values():
+            jobs = {job.id: job for ref, job in graph.refs(sweep.name) if ref.stage == stage.name}
+            rows.append(_plan_row(stage.name, list(jobs.values()), states, estimates))
+        print(_table(columns, rows), file=out)
+    all_jobs = list(graph.jobs.values())
+    _print_blocked(all_jobs, out)
+    if len(graph.sweeps) == 1:
+        return 0
+    refs = sum(len(j.refs) for j in all_jobs)
+    print(f"\nall sweeps: {len(all_jobs)} jobs ({refs - len(all_jobs)} shared references counted once)", file=out)
+    rows = [
+        _plan_row(task, [j for j in all_jobs if j.task == task], states, estimates)
+        for task in dict.fromkeys(j.task for j in all_jobs)
+    ]
+    rows.append(_plan_row("total", all_jobs, states, estimates))
+    print(_table(columns, rows), file=out)
+    return 0
+
+
+def _print_blocked(jobs: list[Job], out) -> None:
+    for reason, n in Counter(str(j.runnable) for j in jobs if j.runnable is not True).items():
+        print(f"not runnable yet ({n} jobs): {reason}", file=out)
+
+
+def _plan_row(name: str, jobs: list[Job], states: dict[str, JobState], estimates: dict) -> list:
+    count = Counter(states[j.id].state for j in jobs)
+    todo = sum(1 for j in jobs if states[j.id].state in ("not submitted", "cancelled") and j.runnable is True)
+    hours = [estimates[j.id].hours for j in jobs]
+    sources = sorted({estimates[j.id].source for j in jobs})
+    per_job = _hours(sum(hours) / len(hours)) if hours else "-"
+    return [
+        name,
+        len(jobs),
+        count["done"],
+        count["running"],
+        count["pending"],
+        count["failed"],
+        todo,
+        per_job,
+        _hours(sum(hours)),
+        ", ".join(sources),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _wanted(graph: Graph, states: dict[str, JobState], retry_failed: bool) -> tuple[list[Job], list[Job], list[str]]:
+    """Jobs to submit (dependency order), in-flight dependents to cancel and resubmit, and what is held back."""
+    submit: dict[str, Job] = {}
+    cancel: list[Job] = []
+    held = []
+    for job in graph.jobs.values():  # dependency order
+        st = states[job.id]
+        if st.state == "done" or job.runnable is not True:
+            continue
+        up = graph.jobs.get(job.upstream) if job.upstream else None
+        up_new = up is not None and up.id in submit
+        if st.state in IN_FLIGHT:
+            if up_new and st.state == "pending":  # it waits on the old upstream id: re-point by resubmitting
+                cancel.append(job)
+                submit[job.id] = job
+            continue
+        if st.state == "failed" and not retry_failed:
+            held.append(f"{job.task} {job.label} ({job.id}) failed: --retry-failed resubmits it")
+            continue
+        if up is not None and not up_new and states[up.id].state not in ("done", *IN_FLIGHT):
+            held.append(f"{job.task} {job.label} ({job.id}) waits for its upstream {up.id} ({states[up.id].state})")
+            continue
+        submit[job.id] = job
+    return list(submit.values()), cancel, held
+
+
+def run(req: Request, executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, out=None) -> int:
+    out = out or sys.stdout
+    graph = compile_request(req)
+    executor = executor or ("slurm" if Queue.available() else "local")
+    results = req.results_dir
+    journal = Journal(results)
+    with journal.lock():
+        queue = Queue()
+        states = observe(graph, results, queue, journal)
+        _record_reconciled(journal, states)
+        submit, cancel, held = _wanted(graph, states, retry_failed)
+        done = sum(1 for s in states.values() if s.state == "done")
+        flying = sum(1 for s in states.values() if s.state in IN_FLIGHT)
+        print(
+            f"{len(graph.jobs)} jobs: {done} done, {flying} in flight, {len(submit)} to submit"
+            + (f" ({executor})" if submit else ""),
+            file=out,
+        )
+        for line in held:
+            print(f"  held: {line}", file=out)
+        if dry_run or not submit:
+            for job in submit:
+                print(f"  would submit {job.task} {job.label} ({job.id})", file=out)
+            return 0
+        if cancel:
+            print(f"  resubmitting {len(cancel)} waiting dependents of resubmitted jobs", file=out)
+            Queue.cancel([states[j.id].job_id for j in cancel])
+        if executor == "slurm":
+            groups = _groups(submit, states)
+            ids = submit_slurm(groups, results, journal)
+            for group in groups:
+                first = group.jobs[0]
+                after = f" after {group.after}" if group.after else ""
+                print(
+                    f"  submitted {len(group.jobs)} {first.task} job(s): {ids[first.id].split('_')[0]}{after}", file=out
+                )
+            return 0
+        finished = {j for j, s in states.items() if s.state == "done"}
+        outcome = run_here(submit, results, journal, executor, finished)
+        return 1 if any(v != "done" for v in outcome.values()) else 0
+
+
+def _record_reconciled(journal: Journal, states: dict[str, JobState]) -> None:
+    """Jobs found in the queue by name after a crash: write their ids, so the next call needs no lookup."""
+    subs = journal.latest()
+    by_token: dict[str, dict[int, str]] = {}
+    for job_id, st in states.items():
+        sub = subs.get(job_id)
+        if sub is not None and sub.job_id is None and st.job_id is not None:
+            by_token.setdefault(sub.token, {})[sub.index] = st.job_id
+    for token, found in by_token.items():
+        journal.submitted(token, [found.get(i) for i in range(max(found) + 1)])
+
+
+def _groups(jobs: list[Job], states: dict[str, JobState]) -> list[Group]:
+    """One array per (stage, cluster settings, upstream); an upstream's group comes before its dependents'."""
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        up_state = states[job.upstream] if job.upstream else None
+        after = up_state.job_id if up_state is not None and up_state.state in IN_FLIGHT else None
+        key = (job.stage, json.dumps(job.cluster, sort_keys=True, default=str), job.upstream)
+        groups.setdefault(key, Group([], after)).jobs.append(job)
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def status(req: Request, out=None) -> int:
+    out = out or sys.stdout
+    graph = compile_request(req)
+    states = observe(graph, req.results_dir)
+    failed = False
+    for sweep in graph.sweeps:
+        print(f"\n{sweep.name}: {sweep.title}", file=out)
+        rows, tails = [], []
+        for ref, job in graph.refs(sweep.name):
+            st = states[job.id]
+            rows.append(
+                [
+                    ref.stage,
+                    ref.label,
+                    st.state,
+                    st.job_id or "-",
+                    st.elapsed or "-",
+                    st.last_metric or st.detail or "-",
+                ]
+            )
+            if st.state == "failed":
+                failed = True
+                tails.append((ref, job, st))
+        print(_table(["stage", "cell", "state", "job id", "elapsed", "last metric"], rows), file=out)
+        for ref, job, st in tails:
+            print(f"\n{ref.stage} {ref.label} ({job.id}) failed, job {st.job_id}; last lines of its log:", file=out)
+            for line in st.error_tail:
+                print(f"  | {line}", file=out)
+    counts = Counter(s.state for s in states.values())
+    print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
+    return 1 if failed else 0

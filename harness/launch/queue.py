@@ -1,0 +1,93 @@
+"""What the scheduler is doing with our jobs: one `squeue` call for all of them, never `sacct`.
+
+Jobs are named `harness-<token>`; an array's tasks share the name and are told apart by their index. Local jobs
+(the local executor) are processes: in flight while their pid lives.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.launch.journal import JOB_NAME_PREFIX
+
+__all__ = ["Queue", "QueueError", "QueueRow", "local_alive"]
+
+# squeue rows in these states are finished (shown for MinJobAge seconds); anything else is in flight.
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
+class QueueError(RuntimeError):
+    """The scheduler could not be asked (no squeue on the PATH, or it failed)."""
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    job_id: str  # "123", or "123_4" for an array task
+    name: str
+    state: str  # PENDING, RUNNING, ...
+    elapsed: str
+    reason: str
+
+    @property
+    def array_index(self) -> int:
+        return int(self.job_id.split("_")[1]) if "_" in self.job_id else 0
+
+
+class Queue:
+    """Our jobs in the SLURM queue, read once (`refresh()` to read again)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, QueueRow] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("squeue") is not None
+
+    def _squeue(self) -> dict[str, QueueRow]:
+        if not self.available():
+            raise QueueError("squeue is not on the PATH: is this a SLURM login node? (--executor local runs here)")
+        cmd = ["squeue", "--noheader", "--array", "--user", getpass.getuser(), "--format=%i|%j|%T|%M|%r"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+            raise QueueError(f"`{' '.join(cmd)}` failed: {getattr(err, 'stderr', '') or err}") from err
+        rows = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 5 or not parts[1].startswith(JOB_NAME_PREFIX) or parts[2] in FINISHED:
+                continue
+            rows[parts[0]] = QueueRow(*parts)
+        return rows
+
+    def refresh(self) -> dict[str, QueueRow]:
+        self.rows = self._squeue()
+        return self.rows
+
+    def get(self, job_id: str) -> QueueRow | None:
+        if self.rows is None:
+            self.refresh()
+        return self.rows.get(job_id)
+
+    def by_name(self, name: str) -> list[QueueRow]:
+        if self.rows is None:
+            self.refresh()
+        return [row for row in self.rows.values() if row.name == name]
+
+    @staticmethod
+    def cancel(job_ids: list[str]) -> None:
+        if job_ids:
+            subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60, check=False)
+
+
+def local_alive(pid: str) -> bool:
+    """A local-executor job (its id is the pid) still running: the process exists and is submitit's."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"submitit" in cmdline and os.path.exists(f"/proc/{int(pid)}")

@@ -1,0 +1,166 @@
+"""Each job's state, from disk first and the scheduler second.
+
+done           result.json exists in the run folder (written last, atomically)
+running        in the queue and running (SLURM), or its local process lives
+pending        in the queue, waiting (resources, or its upstream: `afterok`)
+failed         submitted, left the queue, ran (a log exists), no result: the log's tail says why
+cancelled      submitted, left the queue without ever starting (e.g. its upstream failed: kill-on-invalid-dep)
+not submitted  never submitted, or an intent whose submission never reached the queue
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.launch.journal import Journal, Submission
+from harness.launch.queue import Queue, QueueError, local_alive
+from harness.sweep.graph import Graph, Job
+from harness.train.loop import RESULT_FILE
+
+__all__ = ["IN_FLIGHT", "JobState", "log_paths", "observe", "submitit_folder", "tail"]
+
+IN_FLIGHT = ("running", "pending")
+
+
+@dataclass
+class JobState:
+    state: str
+    job_id: str | None = None
+    executor: str | None = None
+    elapsed: str = ""
+    detail: str = ""  # squeue's reason, or why a job cannot run
+    last_metric: str = ""
+    error_tail: list[str] = field(default_factory=list)
+    result: dict | None = None
+
+
+def submitit_folder(results: Path) -> Path:
+    return Path(results) / ".submitit"
+
+
+def log_paths(results: Path, job_id: str) -> tuple[Path, Path]:
+    """submitit's stdout and stderr of a job's first task (folder `.submitit/%j`)."""
+    folder = submitit_folder(results) / job_id
+    return folder / f"{job_id}_0_log.out", folder / f"{job_id}_0_log.err"
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    if not path.exists():
+        return []
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 16384))
+        text = f.read().decode(errors="replace")
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _last_metric(run_dir: Path) -> str:
+    """The last record of metrics.jsonl, in a few words: `it 120 loss 4.21` or `epoch 9 top1 71.2`."""
+    for line in reversed(tail(run_dir / "metrics.jsonl", 3)):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "top1" in record:
+            return f"epoch {record.get('epoch')} top1 {record['top1']:.2f}"
+        if "loss" in record:
+            return f"it {record.get('it')} loss {record['loss']:.4g}"
+    return ""
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _read_result(job: Job) -> dict | None:
+    try:
+        return json.loads((job.run_dir / RESULT_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journal: Journal | None = None) -> dict:
+    """`{job id: JobState}` for every job of the graph: one read of the journal, at most one `squeue`."""
+    results = Path(results)
+    journal = journal or Journal(results)
+    submissions = journal.latest()
+    queue = queue or Queue()
+    need_queue = any(
+        s.executor == "slurm" and not (graph.jobs[j].run_dir / RESULT_FILE).exists()
+        for j, s in submissions.items()
+        if j in graph.jobs
+    )
+    queue_error = None
+    if need_queue:
+        try:
+            queue.refresh()
+        except QueueError as err:
+            queue_error = str(err)
+    states = {}
+    for job in graph.jobs.values():
+        states[job.id] = _state(job, submissions.get(job.id), queue, queue_error, results, journal)
+    for job in graph.jobs.values():  # cancelled because the upstream failed: say so
+        st = states[job.id]
+        if st.state == "cancelled" and job.upstream and states[job.upstream].state in ("failed", "cancelled"):
+            st.detail = f"upstream {job.upstream} {states[job.upstream].state}"
+    return states
+
+
+def _state(job: Job, sub: Submission | None, queue: Queue, queue_error: str | None, results: Path, journal) -> JobState:
+    result = _read_result(job)
+    if result is not None:
+        return JobState(
+            "done",
+            job_id=sub.job_id if sub else None,
+            executor=sub.executor if sub else None,
+            elapsed=_format_seconds(result.get("wall_clock_s", 0.0)),
+            last_metric=(
+                f"top1 {result['top1']:.2f}"
+                if result.get("top1") is not None
+                else f"loss {result['final_loss']:.4g}"
+                if result.get("final_loss") is not None
+                else ""
+            ),
+            result=result,
+        )
+    if job.runnable is not True:
+        return JobState("not runnable", detail=str(job.runnable))
+    if sub is None:
+        return JobState("not submitted")
+    if sub.executor == "slurm":
+        if queue_error:
+            return JobState("unknown", job_id=sub.job_id, executor="slurm", detail=queue_error)
+        if sub.job_id is None:  # crashed between sbatch and the journal: find it by name
+            rows = [r for r in queue.by_name(sub.name) if r.array_index == sub.index]
+            if not rows:
+                return JobState("not submitted", detail=f"intent {sub.token} never reached the queue")
+            sub.job_id = rows[0].job_id
+        row = queue.get(sub.job_id)
+        if row is not None:
+            state = "running" if row.state in ("RUNNING", "COMPLETING", "CONFIGURING") else "pending"
+            return JobState(
+                state,
+                sub.job_id,
+                "slurm",
+                row.elapsed,
+                row.reason if state == "pending" else "",
+                _last_metric(job.run_dir),
+            )
+    elif sub.job_id is not None and sub.executor == "local" and local_alive(sub.job_id):
+        return JobState("running", sub.job_id, "local", last_metric=_last_metric(job.run_dir))
+    if sub.job_id is None:
+        return JobState("not submitted", detail=f"intent {sub.token} never reached the scheduler")
+    out, err = log_paths(results, sub.job_id)
+    if not out.exists() and not err.exists():
+        return JobState("cancelled", sub.job_id, sub.executor, detail="left the queue without starting")
+    return JobState(
+        "failed",
+        sub.job_id,
+        sub.executor,
+        last_metric=_last_metric(job.run_dir),
+        error_tail=tail(err, 12) or tail(out, 12),
+    )

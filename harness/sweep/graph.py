@@ -1,0 +1,257 @@
+"""Compile sweeps into one job graph: every cell of every stage becomes a job named by its config's hash.
+
+    graph = compile_sweeps([load_sweep("sweeps/smoke.yaml")], results="results", profile="smoke")
+    for job in graph.jobs.values(): print(job.task, job.id, job.upstream)
+
+A job is identified by `config_hash` of its resolved config, and runs in `results/<task>/<hash>/`. The same
+pre-training wanted by two tables (or twice in one) is one job with two references. A downstream job receives its
+upstream's run folder as `pretrained=` and keeps the upstream's keys as part of its own cell keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+
+from harness.config import CONF_DIR, ConfigError, compose, config_hash
+from harness.sweep.spec import CLUSTER_KEYS, Block, Stage, Sweep, SweepError, check_override
+
+__all__ = ["Graph", "Job", "Profile", "Ref", "compile_sweeps", "load_cluster", "load_profile"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where a job appears: a sweep, one of its stages, and the job's cell keys there."""
+
+    sweep: str
+    stage: str
+    keys: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.keys.items()) or "-"
+
+
+@dataclass
+class Job:
+    id: str  # config hash
+    task: str
+    config: DictConfig
+    run_dir: Path
+    upstream: str | None  # id of the job whose encoder this one starts from
+    cluster: dict[str, Any]  # resolved cluster settings (profile, then stage, then command line)
+    runnable: bool | str
+    refs: list[Ref] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        return self.refs[0].stage
+
+    @property
+    def label(self) -> str:
+        return self.refs[0].label
+
+
+@dataclass
+class Graph:
+    sweeps: list[Sweep]
+    jobs: dict[str, Job]  # in dependency order: an upstream comes before its dependents
+
+    def refs(self, sweep: str) -> list[tuple[Ref, Job]]:
+        return [(ref, job) for job in self.jobs.values() for ref in job.refs if ref.sweep == sweep]
+
+    def dependents(self, job_id: str) -> list[Job]:
+        return [j for j in self.jobs.values() if j.upstream == job_id]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """`--profile NAME` (harness/conf/profile/NAME.yaml): the same graph with other settings, e.g. micro scale."""
+
+    name: str
+    overrides: tuple[str, ...] = ()  # appended to every job
+    tasks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # appended to the jobs of one task
+    datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # data=<name> replaced by these ("*": any)
+    cluster: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, task: str, overrides: list[str]) -> list[str]:
+        out = []
+        for item in overrides:
+            key, _, value = item.partition("=")
+            if key == "data" and (value in self.datasets or "*" in self.datasets):
+                out += self.datasets.get(value, self.datasets.get("*", ()))
+            else:
+                out.append(item)
+        return [*out, *self.overrides, *self.tasks.get(task, ())]
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        options = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SweepError(f"unknown {what} '{path.stem}': no {path}; valid: {', '.join(options)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: YAML syntax error: {err}") from err
+    if not isinstance(data, dict):
+        raise SweepError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_profile(name: str | None) -> Profile:
+    if not name:
+        return Profile("none")
+    path = CONF_DIR / "profile" / f"{name}.yaml"
+    data = _read_yaml(path, "profile")
+    unknown = set(data) - {"overrides", "tasks", "datasets", "cluster"}
+    if unknown:
+        raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: overrides, tasks, datasets, cluster")
+
+    def overrides(value: Any, where: str) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else list(value or [])
+        for item in items:
+            check_override(str(item), lambda m, w=where: SweepError(f"{path}: {w}: {m}"))
+        return tuple(str(i) for i in items)
+
+    return Profile(
+        name=name,
+        overrides=overrides(data.get("overrides"), "overrides"),
+        tasks={k: overrides(v, f"tasks.{k}") for k, v in (data.get("tasks") or {}).items()},
+        datasets={k: overrides(v, f"datasets.{k}") for k, v in (data.get("datasets") or {}).items()},
+        cluster=_check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
+    )
+
+
+def load_cluster(name: str) -> dict[str, Any]:
+    """A cluster profile (harness/conf/cluster/NAME.yaml): partition, GPUs, time limit... for submitit."""
+    path = CONF_DIR / "cluster" / f"{name}.yaml"
+    return _check_cluster(_read_yaml(path, "cluster"), str(path))
+
+
+def _check_cluster(settings: dict, where: str) -> dict:
+    for key in settings:
+        if key not in CLUSTER_KEYS:
+            raise SweepError(f"{where}: unknown cluster setting '{key}'; valid: {', '.join(CLUSTER_KEYS)}")
+    return dict(settings)
+
+
+class _Compiler:
+    def __init__(self, results: Path, profile: Profile, cluster: dict, overrides: tuple[str, ...]) -> None:
+        self.results, self.profile, self.cluster, self.cli = results, profile, cluster, overrides
+        self.jobs: dict[str, Job] = {}
+        self.configs: dict[tuple[str, ...], DictConfig] = {}  # compose is slow (~0.1 s): once per override list
+
+    def sweep(self, sweep: Sweep) -> None:
+        by_stage: dict[str, list[tuple[dict[str, str], Job]]] = {}
+        for stage in sweep.stages.values():
+            by_stage[stage.name] = []
+            for i, block in enumerate(stage.blocks):
+                where = f"stages.{stage.name}.grid" + (f"[{i}]" if len(stage.blocks) > 1 else "")
+                made = self.block(sweep, stage, block, by_stage, where)
+                if not made:
+                    raise SweepError(f"{sweep.path}: {where}: selects no jobs (check 'where' and 'match' labels)")
+                by_stage[stage.name] += made
+        self.check_cells(sweep, by_stage)
+
+    def block(self, sweep: Sweep, stage: Stage, block: Block, by_stage: dict, where: str) -> list:
+        upstreams: list[tuple[dict[str, str], Job | None]] = [({}, None)]
+        if block.upstream:
+            upstreams = by_stage[block.upstream]
+            known = {k for keys, _ in upstreams for k in keys}
+            for key in [*block.where, *block.match]:
+                if key not in known:
+                    raise SweepError(
+                        f"{sweep.path}: {where}: '{key}' is not a key of stage '{block.upstream}' "
+                        f"(its keys: {', '.join(sorted(known))})"
+                    )
+            upstreams = [(k, j) for k, j in upstreams if all(k.get(a) in v for a, v in block.where.items())]
+        made = []
+        for combo in itertools.product(*[list(v.items()) for v in block.axes.values()]):
+            local = {axis: label for axis, (label, _) in zip(block.axes, combo)}
+            axis_overrides = [o for _, ovs in combo for o in ovs]
+            for up_keys, up_job in upstreams:
+                if any(up_keys.get(u) != local[k] for u, k in block.match.items()):
+                    continue
+                if any(up_keys[k] != v for k, v in local.items() if k in up_keys):
+                    continue  # a key named in both stages pairs equal values
+                keys = {**up_keys, **local}
+                overrides = [*sweep.overrides, *stage.overrides, *block.overrides, *axis_overrides]
+                job = self.job(sweep, stage, keys, overrides, up_job, where)
+                made.append((keys, job))
+        return made
+
+    def job(self, sweep: Sweep, stage: Stage, keys: dict, overrides: list[str], upstream: Job | None, where: str):
+        task = stage.task
+        full = [f"task={task}", *self.profile.apply(task, overrides), *self.cli]
+        if upstream is not None:
+            full.append(f"pretrained={upstream.run_dir}")
+        key = tuple(full)
+        if key not in self.configs:
+            try:
+                self.configs[key] = compose(full)
+            except ConfigError as err:
+                cell = " ".join(f"{k}={v}" for k, v in keys.items()) or "-"
+                raise SweepError(f"{sweep.path}: {where}, job {cell}: {err}") from err
+        cfg = self.configs[key]
+        job_id = config_hash(cfg)
+        ref = Ref(sweep.name, stage.name, keys)
+        if job_id not in self.jobs:
+            runnable = stage.runnable if upstream is None or upstream.runnable is True else upstream.runnable
+            self.jobs[job_id] = Job(
+                id=job_id,
+                task=task,
+                config=cfg,
+                run_dir=self.results / task / job_id,
+                upstream=upstream.id if upstream else None,
+                cluster={**self.cluster, **self.profile.cluster, **stage.cluster},
+                runnable=runnable,
+            )
+        job = self.jobs[job_id]
+        if ref not in job.refs:
+            job.refs.append(ref)
+        return job
+
+    def check_cells(self, sweep: Sweep, by_stage: dict) -> None:
+        """Every paper value must land on a job: a cell whose keys select nothing is a typo."""
+        for i, cell in enumerate(sweep.cells):
+            jobs = by_stage[cell.stage]
+            known: dict[str, set[str]] = {}
+            for keys, _ in jobs:
+                for k, v in keys.items():
+                    known.setdefault(k, set()).add(v)
+            for k, v in cell.keys.items():
+                if k not in known:
+                    raise SweepError(
+                        f"{sweep.path}: cells[{i}].keys.{k}: stage '{cell.stage}' has no key '{k}' "
+                        f"(its keys: {', '.join(sorted(known))})"
+                    )
+                if v not in known[k]:
+                    raise SweepError(
+                        f"{sweep.path}: cells[{i}].keys.{k}: no job of stage '{cell.stage}' has "
+                        f"{k}={v} (values: {', '.join(sorted(known[k]))})"
+                    )
+            if not any(all(keys.get(k) == v for k, v in cell.keys.items()) for keys, _ in jobs):
+                raise SweepError(f"{sweep.path}: cells[{i}]: no job of stage '{cell.stage}' has all of {cell.keys}")
+
+
+def compile_sweeps(
+    sweeps: list[Sweep],
+    results: str | Path = "results",
+    profile: str | Profile | None = None,
+    cluster: dict[str, Any] | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> Graph:
+    """The job graph of `sweeps` (shared jobs once), with `overrides` (Hydra syntax) appended to every job."""
+    if not isinstance(profile, Profile):
+        profile = load_profile(profile)
+    for item in overrides:
+        check_override(item)
+    compiler = _Compiler(Path(results).resolve(), profile, dict(cluster or {}), tuple(overrides))
+    for sweep in sweeps:
+        compiler.sweep(sweep)
+    return Graph(sweeps=list(sweeps), jobs=compiler.jobs)

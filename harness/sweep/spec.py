@@ -1,0 +1,313 @@
+"""Sweep files: one paper table or figure as stages, grids, dependencies, and the paper's value per cell.
+
+    sweep = load_sweep("sweeps/smoke.yaml")   # parsed and checked; SweepError names the file, the key, the fix
+
+The schema is documented in sweeps/README.md. This module only reads and checks the file's structure; turning the
+stages into jobs (configs, identities, upstream links) is `harness.sweep.graph`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import CONF_DIR
+
+__all__ = ["CLUSTER_KEYS", "Block", "Cell", "Stage", "Sweep", "SweepError", "check_override", "load_sweep"]
+
+TOP_KEYS = ("name", "title", "source", "overrides", "stages", "cells", "cell_defaults", "layout")
+STAGE_KEYS = ("task", "overrides", "grid", "cluster", "runnable")
+# Cluster settings of a stage (and of harness/conf/cluster/*.yaml), mapped to submitit in harness.launch.executors.
+CLUSTER_KEYS = (
+    "partition",
+    "nodes",
+    "gpus_per_node",
+    "tasks_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "timeout_min",
+    "account",
+    "qos",
+    "constraint",
+    "signal_delay_s",
+    "array_parallelism",
+    "max_num_timeout",
+    "setup",
+    "additional",
+)
+BLOCK_KEYS = ("from", "where", "match", "overrides")
+CELL_KEYS = ("stage", "keys", "metric", "paper", "tolerance", "protocol", "note")
+PROTOCOL_KEYS = ("task", "epochs", "pretrain_epochs", "img_size", "epoch", "layer", "note")
+LAYOUT_KEYS = ("rows", "cols")
+METRICS = ("top1", "top5", "best_top1", "best_top5", "final_loss", "gpu_hours", "device_hours", "wall_clock_s")
+TASKS = ("pretrain", "finetune", "linear")  # detection and segmentation arrive with the dense-tasks issue
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be used as written: the message names the file, the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One cartesian product of a stage's grid, optionally paired with the jobs of an upstream stage."""
+
+    axes: dict[str, dict[str, tuple[str, ...]]]  # axis -> label -> overrides
+    upstream: str | None = None  # stage whose jobs this block starts from (pretrained=<their run folder>)
+    where: dict[str, tuple[str, ...]] = field(default_factory=dict)  # upstream key -> allowed labels
+    match: dict[str, str] = field(default_factory=dict)  # upstream key -> this block's key that must equal it
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: str
+    overrides: tuple[str, ...]
+    blocks: tuple[Block, ...]
+    cluster: dict[str, Any]
+    runnable: bool | str = True  # False-like: a string saying why the stage cannot run yet
+
+    @property
+    def upstreams(self) -> set[str]:
+        return {b.upstream for b in self.blocks if b.upstream}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number of the paper: which jobs produce it (stage + keys), the metric, the value and its protocol."""
+
+    stage: str
+    keys: dict[str, str]
+    metric: str
+    paper: float | None
+    tolerance: float | None
+    protocol: dict[str, Any]
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    path: Path
+    title: str
+    source: str | None
+    overrides: tuple[str, ...]
+    stages: dict[str, Stage]  # in dependency order
+    cells: tuple[Cell, ...]
+    layout: dict[str, tuple[str, ...]]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and check a sweep file (structure, names, dependencies); SweepError on anything that would not run."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"{path}: no such sweep file")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise SweepError(f"{where}: YAML syntax error: {problem}") from err
+    return _Reader(path).sweep(data)
+
+
+def check_override(item: str, error=SweepError) -> None:
+    """`key=value` syntax, and for config groups (`data=inat2019`) an option that exists, with the valid list."""
+    if "=" not in item:
+        raise error(f"'{item}' is not an override: expected key=value or group=option")
+    key, value = item.split("=", 1)
+    group = CONF_DIR / key.lstrip("+~")
+    if group.is_dir() and "." not in key:
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        if value not in options:
+            raise error(f"unknown {key.lstrip('+~')} '{value}'; {_closest(value, options)}valid: {', '.join(options)}")
+
+
+def _closest(word: str, valid: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+class _Reader:
+    """Walks the parsed YAML, turning every mistake into a SweepError that says where it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, where: str, message: str) -> SweepError:
+        return SweepError(f"{self.path}: {where or 'top level'}: {message}")
+
+    def mapping(self, value: Any, where: str, valid: tuple[str, ...] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(where, f"expected a mapping, got {type(value).__name__} {value!r}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.error(where, f"keys must be strings, got {key!r}")
+            if valid is not None and key not in valid:
+                raise self.error(
+                    f"{where}.{key}" if where else key,
+                    f"unknown key; {_closest(key, valid)}valid keys: {', '.join(valid)}",
+                )
+        return value
+
+    def overrides(self, value: Any, where: str) -> tuple[str, ...]:
+        """Hydra overrides: a string or a list of `key=value` / `group=option` strings."""
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(o, str) for o in items):
+            raise self.error(where, f"expected a list of Hydra overrides like 'optim.epochs=300', got {value!r}")
+        for item in items:
+            check_override(item, lambda message: self.error(where, message))
+        return tuple(items)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def sweep(self, data: Any) -> Sweep:
+        data = self.mapping(data, "", TOP_KEYS)
+        if "stages" not in data:
+            raise self.error("stages", "missing: a sweep needs at least one stage")
+        stages_data = self.mapping(data["stages"], "stages")
+        if not stages_data:
+            raise self.error("stages", "empty: a sweep needs at least one stage")
+        stages = {name: self.stage(name, spec) for name, spec in stages_data.items()}
+        stages = self.ordered(stages)
+        defaults = self.mapping(data.get("cell_defaults"), "cell_defaults", CELL_KEYS)
+        cells_data = data.get("cells") or []
+        if not isinstance(cells_data, list):
+            raise self.error("cells", "expected a list of cells")
+        cells = tuple(
+            self.cell(i, {**defaults, **self.mapping(c, f"cells[{i}]", CELL_KEYS)}, stages)
+            for i, c in enumerate(cells_data)
+        )
+        layout = self.mapping(data.get("layout"), "layout", LAYOUT_KEYS)
+        return Sweep(
+            name=str(data.get("name") or self.path.stem),
+            path=self.path,
+            title=str(data.get("title") or self.path.stem),
+            source=data.get("source"),
+            overrides=self.overrides(data.get("overrides"), "overrides"),
+            stages=stages,
+            cells=cells,
+            layout={k: tuple([v] if isinstance(v, str) else v) for k, v in layout.items()},
+        )
+
+    def stage(self, name: str, spec: Any) -> Stage:
+        where = f"stages.{name}"
+        spec = self.mapping(spec, where, STAGE_KEYS)
+        task = spec.get("task", name)
+        if task not in TASKS:
+            raise self.error(f"{where}.task", f"unknown task '{task}'; {_closest(str(task), TASKS)}valid: {TASKS}")
+        grid = spec.get("grid")
+        blocks_data = grid if isinstance(grid, list) else [grid or {}]
+        blocks = tuple(
+            self.block(f"{where}.grid" + (f"[{i}]" if isinstance(grid, list) else ""), b)
+            for i, b in enumerate(blocks_data)
+        )
+        runnable = spec.get("runnable", True)
+        if not isinstance(runnable, (bool, str)):
+            raise self.error(f"{where}.runnable", "expected true, or a sentence saying why the stage cannot run yet")
+        return Stage(
+            name=name,
+            task=task,
+            overrides=self.overrides(spec.get("overrides"), f"{where}.overrides"),
+            blocks=blocks,
+            cluster=self.mapping(spec.get("cluster"), f"{where}.cluster", CLUSTER_KEYS),
+            runnable=runnable,
+        )
+
+    def block(self, where: str, spec: Any) -> Block:
+        spec = self.mapping(spec, where)
+        axes = {}
+        for axis, values in spec.items():
+            if axis in BLOCK_KEYS:
+                continue
+            axes[axis] = self.axis(f"{where}.{axis}", axis, values)
+        upstream = spec.get("from")
+        if upstream is not None and not isinstance(upstream, str):
+            raise self.error(f"{where}.from", f"expected the name of an upstream stage, got {upstream!r}")
+        where_keys = {
+            k: tuple(str(x) for x in (v if isinstance(v, list) else [v]))
+            for k, v in self.mapping(spec.get("where"), f"{where}.where").items()
+        }
+        match = {k: str(v) for k, v in self.mapping(spec.get("match"), f"{where}.match").items()}
+        if (where_keys or match) and upstream is None:
+            raise self.error(where, "'where' and 'match' select upstream jobs: they need 'from: <stage>'")
+        for up_key, local_key in match.items():
+            if local_key not in axes:
+                raise self.error(f"{where}.match.{up_key}", f"'{local_key}' is not an axis of this block {list(axes)}")
+        return Block(axes, upstream, where_keys, match, self.overrides(spec.get("overrides"), f"{where}.overrides"))
+
+    def axis(self, where: str, axis: str, values: Any) -> dict[str, tuple[str, ...]]:
+        """`{label: overrides}`, or a list of scalars for a config key (`seed: [0, 1]` -> seed=0, seed=1)."""
+        if isinstance(values, list):
+            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+                raise self.error(where, "a list axis holds scalar values of the config key it is named after")
+            return {str(v): (f"{axis}={v}",) for v in values}
+        values = self.mapping(values, where)
+        if not values:
+            raise self.error(where, "an axis needs at least one value")
+        return {str(label): self.overrides(ov, f"{where}.{label}") for label, ov in values.items()}
+
+    def ordered(self, stages: dict[str, Stage]) -> dict[str, Stage]:
+        """Stages in dependency order; unknown upstreams and cycles are errors."""
+        for stage in stages.values():
+            for i, block in enumerate(stage.blocks):
+                if block.upstream is not None and block.upstream not in stages:
+                    raise self.error(
+                        f"stages.{stage.name}.grid" + (f"[{i}]" if len(stage.blocks) > 1 else "") + ".from",
+                        f"unknown stage '{block.upstream}'; {_closest(block.upstream, list(stages))}"
+                        f"stages: {', '.join(stages)}",
+                    )
+        order: list[str] = []
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "visiting":
+                cycle = [*path[path.index(name) :], name]
+                raise self.error("stages", "dependency cycle: " + " -> ".join(cycle))
+            state[name] = "visiting"
+            for up in sorted(stages[name].upstreams):
+                visit(up, [*path, name])
+            state[name] = "done"
+            order.append(name)
+
+        for name in stages:
+            visit(name, [])
+        return {name: stages[name] for name in order}
+
+    def cell(self, i: int, spec: dict, stages: dict[str, Stage]) -> Cell:
+        where = f"cells[{i}]"
+        stage = spec.get("stage")
+        if stage not in stages:
+            raise self.error(
+                f"{where}.stage",
+                f"unknown stage {stage!r}; {_closest(str(stage), list(stages))}stages: {', '.join(stages)}",
+            )
+        metric = spec.get("metric", "top1")
+        if metric not in METRICS:
+            raise self.error(
+                f"{where}.metric",
+                f"unknown metric '{metric}'; {_closest(str(metric), METRICS)}valid: {', '.join(METRICS)}",
+            )
+        for key in ("paper", "tolerance"):
+            if spec.get(key) is not None and not isinstance(spec[key], (int, float)):
+                raise self.error(f"{where}.{key}", f"expected a number, got {spec[key]!r}")
+        return Cell(
+            stage=stage,
+            keys={str(k): str(v) for k, v in self.mapping(spec.get("keys"), f"{where}.keys").items()},
+            metric=metric,
+            paper=None if spec.get("paper") is None else float(spec["paper"]),
+            tolerance=None if spec.get("tolerance") is None else float(spec["tolerance"]),
+            protocol=self.mapping(spec.get("protocol"), f"{where}.protocol", PROTOCOL_KEYS),
+            note=spec.get("note"),
+        )

@@ -1,0 +1,40 @@
+"""Helpers of the launcher tests: tiny sweeps, and waiting for jobs to reach a state (a guard, not a timing)."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+from harness.launch.commands import Request, compile_request
+from harness.launch.state import observe
+
+# Jobs of a few seconds: 100 images, batches of 50, one epoch, evaluation on 100 test images.
+TINY = (
+    "[model=micro, data=fashion_mnist, data.subset.per_class=10, optim.batch_size=50, optim.epochs=1, "
+    "optim.warmup_epochs=0, eval.per_class=10, loader.workers=0]"
+)
+
+
+def write_sweep(folder: Path, body: str, name: str = "sweep") -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\noverrides: {TINY}\n" + textwrap.dedent(body))
+    return str(path)
+
+
+def wait_for(req: Request, done, timeout: float = 600.0, poll: float = 2.0) -> dict:
+    """Poll the jobs' states until `done(states)` holds; fail with the states if it never does."""
+    graph = compile_request(req)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = observe(graph, req.results_dir)
+        if done(states):
+            return states
+        if time.monotonic() > deadline:
+            summary = {k: (s.state, s.job_id, s.detail) for k, s in states.items()}
+            raise AssertionError(f"jobs did not get there in {timeout:.0f} s: {summary}")
+        time.sleep(poll)
+
+
+def all_finished(states: dict) -> bool:
+    return all(s.state in ("done", "failed", "cancelled") for s in states.values())

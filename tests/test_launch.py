@@ -1,0 +1,78 @@
+"""The launcher without a cluster: journal, lock, local executor, plan / run / status from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.launch.journal import Journal, LockedError
+from tests.launch_helpers import write_sweep
+from tests.test_train import needs_data
+
+TWO_STAGES = """
+stages:
+  pretrain:
+    grid:
+      method: {beit: [method=beit]}
+  finetune:
+    grid: {from: pretrain}
+"""
+
+
+def test_journal_keeps_the_latest_submission_and_ignores_torn_lines(tmp_path):
+    journal = Journal(tmp_path)
+    first = journal.intent(["a", "b"], "slurm")
+    journal.submitted(first, ["10_0", "10_1"])
+    second = journal.intent(["b"], "slurm")  # b resubmitted; the crash came before its id was written
+    with journal.path.open("a") as f:
+        f.write('{"event": "submitted", "tok')  # a torn last line
+    latest = journal.latest()
+    assert latest["a"].job_id == "10_0" and latest["a"].token == first
+    assert latest["b"].token == second and latest["b"].job_id is None and latest["b"].name == f"harness-{second}"
+    journal.submitted(second, [None])
+    assert journal.latest()["b"].job_id is None
+
+
+def test_lock_refuses_a_second_run(tmp_path):
+    journal = Journal(tmp_path)
+    second = Journal(tmp_path)
+    with journal.lock(), pytest.raises(LockedError, match=r"another `harness run` .*pid \d+"), second.lock():
+        pass
+    with Journal(tmp_path).lock():  # released
+        pass
+
+
+@needs_data
+def test_local_executor_runs_the_graph_in_order_and_once(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, TWO_STAGES)
+    results = str(tmp_path / "results")
+    assert main(["run", sweep, "--executor", "local", "--results", results]) == 0
+    out = capsys.readouterr().out
+    assert "2 jobs: 0 done, 0 in flight, 2 to submit (local)" in out
+    assert "[1/2] pretrain method=beit" in out and "[2/2] finetune method=beit" in out
+    journal_lines = (tmp_path / "results" / ".harness" / "journal.jsonl").read_text()
+    pre, fine = sorted((tmp_path / "results").glob("*/*/result.json"), key=lambda p: p.parent.parent.name != "pretrain")
+    assert json.loads(fine.read_text())["top1"] is not None
+    assert (fine.parent / "env.json").stat().st_mtime >= pre.stat().st_mtime  # started after its upstream ended
+
+    assert main(["run", sweep, "--executor", "local", "--results", results]) == 0
+    assert "2 jobs: 2 done, 0 in flight, 0 to submit" in capsys.readouterr().out
+    assert (tmp_path / "results" / ".harness" / "journal.jsonl").read_text() == journal_lines
+
+    assert main(["status", sweep, "--results", results]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("pretrain", "finetune"))]
+    assert [r[2] for r in rows] == ["done", "done"]
+    assert main(["plan", sweep, "--results", results]) == 0
+    assert "measured (1)" in capsys.readouterr().out  # the finished runs calibrate the estimate
+
+
+def test_cli_reports_sweep_errors_without_a_traceback(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, "stages: {pretrain: {overrides: [data=imagenett]}}")
+    assert main(["plan", sweep, "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown data 'imagenett'; did you mean 'imagenet'" in err and "Traceback" not in err
+    assert main(["run", str(tmp_path / "missing.yaml"), "--results", str(tmp_path)]) == 2
+    assert "no such sweep file" in capsys.readouterr().err
+    assert not (tmp_path / ".harness").exists()  # nothing submitted, nothing journalled

@@ -1,0 +1,187 @@
+"""Sweep files: parsing, validation errors a person can act on, compilation into a job graph, identities."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.config import compose, config_hash
+from harness.launch.cost import CostModel
+from harness.sweep import SweepError, compile_sweeps, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "sweeps" / "smoke.yaml"
+
+TWO_STAGES = """
+name: {name}
+overrides: [model=micro, data=fashion_mnist]
+stages:
+  pretrain:
+    overrides: [optim.epochs=1]
+    grid:
+      method: {{splitmask: [method=splitmask], beit: [method=beit]}}
+  finetune:
+    grid:
+      - from: pretrain
+        seed: [0, 1]
+      - method: {{random: []}}
+cells:
+  - {{stage: finetune, keys: {{method: beit}}, paper: 70.0}}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_smoke_sweep_compiles_to_its_graph(tmp_path):
+    graph = compile_sweeps([load_sweep(SMOKE)], tmp_path)
+    jobs = list(graph.jobs.values())
+    assert [j.task for j in jobs].count("pretrain") == 3
+    assert [j.task for j in jobs].count("finetune") == 4
+    assert [j.task for j in jobs].count("linear") == 4
+    pretrain = {j.label: j for j in jobs if j.task == "pretrain"}
+    for job in jobs:
+        assert job.run_dir == tmp_path.resolve() / job.task / job.id
+        if job.task != "pretrain" and job.label != "method=random":
+            up = pretrain[job.label]
+            assert job.upstream == up.id
+            assert job.config.pretrained == str(up.run_dir)
+        elif job.task != "pretrain":
+            assert job.upstream is None and job.config.pretrained is None
+    # upstream jobs come before their dependents
+    order = list(graph.jobs)
+    assert all(order.index(j.upstream) < order.index(j.id) for j in jobs if j.upstream)
+
+
+def test_identical_jobs_are_shared_across_sweeps(tmp_path):
+    a = load_sweep(write(tmp_path, TWO_STAGES.format(name="a"), "a.yaml"))
+    b = load_sweep(write(tmp_path, TWO_STAGES.format(name="b"), "b.yaml"))
+    graph = compile_sweeps([a, b], tmp_path / "results")
+    assert len(graph.jobs) == 2 + 2 * 2 + 1
+    assert all(len(job.refs) == 2 for job in graph.jobs.values())
+    assert {r.sweep for r in next(iter(graph.jobs.values())).refs} == {"a", "b"}
+
+
+def test_identity_ignores_where_results_and_data_live(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write(tmp_path, TWO_STAGES.format(name="a")))
+    relative = compile_sweeps([sweep], "results")
+    absolute = compile_sweeps([sweep], tmp_path / "elsewhere" / "results", overrides=["data.root=/data/fmnist"])
+    assert list(relative.jobs) == list(absolute.jobs)
+    with_workers = compile_sweeps([sweep], "results", overrides=["loader.workers=3", "log.every=7"])
+    assert list(with_workers.jobs) == list(relative.jobs)
+    changed = compile_sweeps([sweep], "results", overrides=["optim.weight_decay=0.1"])
+    assert not set(changed.jobs) & set(relative.jobs)
+
+
+def test_pretrained_path_enters_the_hash_as_the_upstream_identity():
+    a = compose(["task=finetune", "pretrained=results/pretrain/0123456789ab"])
+    b = compose(["task=finetune", "pretrained=/scratch/me/results/pretrain/0123456789ab/"])
+    c = compose(["task=finetune", "pretrained=results/pretrain/ba9876543210"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_block_with_match_and_where_pairs_upstream_jobs(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        overrides: [model=micro]
+        stages:
+          pretrain:
+            grid:
+              data: {fashion_mnist: [data=fashion_mnist], imagenet: [data=imagenet]}
+              method: {beit: [method=beit], splitmask: [method=splitmask]}
+          finetune:
+            grid:
+              - from: pretrain
+                where: {method: splitmask}
+                match: {data: target}
+                target: {fashion_mnist: [data=fashion_mnist], imagenet: [data=imagenet]}
+        """,
+    )
+    graph = compile_sweeps([load_sweep(path)], tmp_path)
+    finetunes = [j for j in graph.jobs.values() if j.task == "finetune"]
+    assert sorted(j.label for j in finetunes) == [
+        "data=fashion_mnist method=splitmask target=fashion_mnist",
+        "data=imagenet method=splitmask target=imagenet",
+    ]
+    for job in finetunes:
+        assert graph.jobs[job.upstream].config.data.name == job.config.data.name
+
+
+def test_smoke_profile_swaps_datasets_and_shrinks_jobs(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        stages:
+          pretrain:
+            overrides: [model=small, data=imagenet, optim.epochs=300]
+        """,
+    )
+    graph = compile_sweeps([load_sweep(path)], tmp_path, profile="smoke")
+    (job,) = graph.jobs.values()
+    assert job.config.data.name == "fashion_mnist"
+    assert job.config.model.size == "micro"
+    assert job.config.optim.epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("stages: {pretrain: {grid: {method: [beit}}", r"sweep.yaml:1:\d+: YAML syntax error"),
+        ("stagez: {}", r"yaml: stagez: unknown key; did you mean 'stages'"),
+        ("stages: {pretrain: {overides: []}}", r"stages.pretrain.overides: unknown key; did you mean 'overrides'"),
+        ("stages: {pretrain: {overrides: [data=imagenett]}}", r"unknown data 'imagenett'; did you mean 'imagenet'"),
+        ("stages: {pretrain: {overrides: [method=splitmsk]}}", r"unknown method .*valid: beit, classifier"),
+        (
+            "stages: {pretrain: {overrides: [optim.epoch=3]}}",
+            r"(?s)stages.pretrain.grid, job -: .*did you mean 'optim.epochs'",
+        ),
+        ("stages: {pretrain: {task: pretrian}}", r"unknown task 'pretrian'; did you mean 'pretrain'"),
+        ("stages: {finetune: {grid: {from: pretrain}}}", r"unknown stage 'pretrain'"),
+        (
+            "stages: {a: {task: finetune, grid: {from: b}}, b: {task: finetune, grid: {from: a}}}",
+            r"dependency cycle: a -> b -> a",
+        ),
+        (
+            "stages: {pretrain: {grid: {seed: [0]}}}\ncells: [{stage: pretrain, keys: {seed: 1}, paper: 1.0}]",
+            r"cells\[0\].keys.seed: no job of stage 'pretrain' has seed=1 \(values: 0\)",
+        ),
+        (
+            "stages: {pretrain: {}}\ncells: [{stage: pretrain, keys: {size: b}, paper: 1.0}]",
+            r"cells\[0\].keys.size: stage 'pretrain' has no key 'size'",
+        ),
+        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, metric: acc, paper: 1.0}]", r"unknown metric 'acc'"),
+        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: high}]", r"paper: expected a number"),
+        ("stages: {pretrain: {cluster: {gpus: 8}}}", r"stages.pretrain.cluster.gpus: unknown key"),
+        (
+            "stages: {pretrain: {grid: {m: {a: [method=beit]}}}, finetune: {grid: {from: pretrain, where: {m: b}}}}",
+            r"stages.finetune.grid: selects no jobs",
+        ),
+    ],
+)
+def test_validation_errors_name_the_file_the_key_and_the_fix(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(SweepError, match=expected) as info:
+        compile_sweeps([load_sweep(path)], tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
+    cfg = compose(["method=beit", "model=base", "data=imagenet", "optim.epochs=300"])
+    cost = CostModel()
+    assert cost.estimate(cfg).hours == pytest.approx(16 * 32.5, rel=1e-6)  # FACTS T6: 32.5 h on 16 GPUs
+    sm = compose(["method=splitmask", "model=base", "data=imagenet", "optim.epochs=300"])
+    assert cost.estimate(sm).hours == pytest.approx(16 * 34.0, rel=1e-6)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text('{"device_hours": 100.0, "epochs": 300}')
+    cost.calibrate(tmp_path, {run: cfg})
+    estimate = cost.estimate(cfg)
+    assert estimate.hours == pytest.approx(100.0) and estimate.source == "measured (1)"
+    assert cost.estimate(sm).source == "model"
