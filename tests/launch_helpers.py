@@ -6,8 +6,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+from harness.data import dataset_root
 from harness.launch.commands import Request, compile_request
 from harness.launch.state import observe
+
+try:
+    dataset_root("fashion_mnist")
+    HAVE_FMNIST = True
+except FileNotFoundError:
+    HAVE_FMNIST = False
+needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 
 # Jobs of a few seconds: 100 images, batches of 50, one epoch, evaluation on 100 test images.
 TINY = (

@@ -8,8 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.launch.journal import Journal, LockedError
-from tests.launch_helpers import write_sweep
-from tests.test_train import needs_data
+from tests.launch_helpers import needs_data, write_sweep
 
 TWO_STAGES = """
 stages:
