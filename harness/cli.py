@@ -7,7 +7,7 @@
 
 Arguments of plan / run / status that contain `=` are overrides: Hydra overrides for every job
 (`loader.workers=4`), or `cluster.KEY=VALUE` for the cluster settings (`cluster.partition=gpu`).
-`report` (tables and figures) arrives with the reports issue.
+    harness report sweeps/smoke.yaml                    # the cells, ours (paper), as a Markdown table
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.launch.executors import EXECUTORS
+from harness.launch import EXECUTORS
 
 
 def _sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--retry-failed", action="store_true", help="resubmit failed jobs and their dependents")
     run.add_argument("--dry-run", action="store_true", help="say what would be submitted, submit nothing")
     _sweep_args(sub.add_parser("status", help="one row per job: state, job id, elapsed, last metric"))
-    sub.add_parser("report", help="the paper's tables and figures with our numbers (reports issue)")
+    _sweep_args(sub.add_parser("report", help="each sweep's cells, ours (paper), as a Markdown table"))
     args, extra = parser.parse_known_args(argv)  # overrides may come after options: collect them here
     unknown = [e for e in extra if e.startswith("-")]
     if unknown:
@@ -48,25 +48,26 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         if args.command == "train":
             args.overrides += extra
-        elif args.command in ("plan", "run", "status"):
+        elif args.command in ("plan", "run", "status", "report"):
             args.args += extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from harness.config import ConfigError
-    from harness.data import DatasetError
     from harness.launch.journal import LockedError
     from harness.launch.queue import QueueError
     from harness.sweep import SweepError
 
-    try:
-        if args.command == "train":
-            from harness.train.entry import main as train_main
+    if args.command == "train":
+        from harness.data import DatasetError
+        from harness.train.entry import main as train_main
 
+        try:
             return train_main(args.task, args.overrides)
-        if args.command == "report":
-            print("harness report: not implemented yet (the reports issue)", file=sys.stderr)
+        except (ConfigError, DatasetError, FileNotFoundError) as err:
+            print(f"harness train: {err}", file=sys.stderr)
             return 2
+    try:
         from harness.launch import commands
 
         sweeps = [a for a in args.args if "=" not in a]
@@ -77,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             return commands.plan(req)
         if args.command == "status":
             return commands.status(req)
+        if args.command == "report":
+            return commands.report(req)
         return commands.run(req, args.executor, args.retry_failed, args.dry_run)
-    except (ConfigError, DatasetError, SweepError, LockedError, QueueError, FileNotFoundError) as err:
+    except (ConfigError, SweepError, LockedError, QueueError) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
 

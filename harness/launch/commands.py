@@ -16,14 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from harness.launch.cost import CostModel
-from harness.launch.executors import Group, run_here, submit_slurm
 from harness.launch.journal import Journal
 from harness.launch.queue import Queue
 from harness.launch.state import IN_FLIGHT, JobState, observe
 from harness.sweep import Graph, Job, compile_sweeps, load_cluster, load_sweep
 
-__all__ = ["Request", "compile_request", "plan", "run", "status"]
+__all__ = ["Request", "compile_request", "plan", "report", "run", "status"]
 
 RESULTS_ENV = "HARNESS_RESULTS"
 CLUSTER_ENV = "HARNESS_CLUSTER"
@@ -72,6 +70,8 @@ def _hours(h: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 def plan(req: Request, out=None) -> int:
+    from harness.launch.cost import CostModel  # imports the model sizes (timm): only here
+
     out = out or sys.stdout
     graph = compile_request(req)
     states = observe(graph, req.results_dir)
@@ -180,6 +180,8 @@ def run(req: Request, executor: str | None = None, retry_failed: bool = False, d
         if cancel:
             print(f"  resubmitting {len(cancel)} waiting dependents of resubmitted jobs", file=out)
             Queue.cancel([states[j.id].job_id for j in cancel])
+        from harness.launch.executors import run_here, submit_slurm  # submitit and the training code
+
         if executor == "slurm":
             groups = _groups(submit, states)
             ids = submit_slurm(groups, results, journal)
@@ -207,8 +209,10 @@ def _record_reconciled(journal: Journal, states: dict[str, JobState]) -> None:
         journal.submitted(token, [found.get(i) for i in range(max(found) + 1)])
 
 
-def _groups(jobs: list[Job], states: dict[str, JobState]) -> list[Group]:
+def _groups(jobs: list[Job], states: dict[str, JobState]) -> list:
     """One array per (stage, cluster settings, upstream); an upstream's group comes before its dependents'."""
+    from harness.launch.executors import Group
+
     groups: dict[tuple, Group] = {}
     for job in jobs:
         up_state = states[job.upstream] if job.upstream else None
@@ -250,3 +254,17 @@ def status(req: Request, out=None) -> int:
     counts = Counter(s.state for s in states.values())
     print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def report(req: Request, out=None) -> int:
+    """For now: each sweep's cells as a Markdown table, ours (paper); the reports issue adds the rest."""
+    from harness.report import markdown_table
+
+    out = out or sys.stdout
+    graph = compile_request(req)
+    states = observe(graph, req.results_dir)
+    for sweep in graph.sweeps:
+        print(f"\n{sweep.title}\n", file=out)
+        print(markdown_table(sweep, graph, states), file=out)
+    return 0

@@ -17,6 +17,7 @@ from typing import Any
 import submitit
 from omegaconf import OmegaConf
 
+from harness.launch import EXECUTORS
 from harness.launch.journal import JOB_NAME_PREFIX, Journal
 from harness.launch.state import log_paths, submitit_folder, tail
 from harness.sweep.graph import Job
@@ -24,7 +25,6 @@ from harness.train.entry import TrainJob
 
 __all__ = ["EXECUTORS", "Group", "run_here", "submit_slurm", "submitit_parameters"]
 
-EXECUTORS = ("slurm", "local", "debug")
 MAX_ARRAY = 1000  # SLURM's default MaxArraySize is 1001: larger groups are split
 
 

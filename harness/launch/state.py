@@ -17,7 +17,7 @@ from pathlib import Path
 from harness.launch.journal import Journal, Submission
 from harness.launch.queue import Queue, QueueError, local_alive
 from harness.sweep.graph import Graph, Job
-from harness.train.loop import RESULT_FILE
+from harness.train import RESULT_FILE
 
 __all__ = ["IN_FLIGHT", "JobState", "log_paths", "observe", "submitit_folder", "tail"]
 

@@ -25,15 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import config_hash, derived, save_config
 from harness.io import atomic_write_json
-from harness.train import checkpoint, distributed
+from harness.train import RESULT_FILE, checkpoint, distributed
 from harness.train.build import ENCODER_FILE, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
 from harness.train.loader import EpochSampler, build_loader, shard_indices
 from harness.train.logging import MetricsLog, Progress, write_env
 from model.method import CosineSchedule
 
 __all__ = ["RESULT_FILE", "NonFiniteLossError", "Trainer", "evaluate", "train"]
-
-RESULT_FILE = "result.json"
 
 
 class NonFiniteLossError(RuntimeError):
