@@ -1,0 +1,66 @@
+"""Shared fixtures: `slurm`, a running SLURM cluster (the one-node cluster of scripts/slurm-local.sh, or any other)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+HOW_TO_START = "start one with `sudo scripts/slurm-local.sh up` (or `make slurm` as root)"
+# Node states (sinfo %t, without the suffix flags) in which a node takes jobs.
+USABLE_STATES = {"idle", "mix", "mixed", "alloc", "allocated", "comp", "completing"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slurm: submits real jobs to a SLURM cluster (the `slurm` fixture)")
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    partition: str  # the default partition (jobs go there when they name none)
+    node: str
+    cpus: int  # CPUs of that node
+
+
+def _run(*cmd: str) -> str:
+    """stdout of a SLURM client command; raises with its stderr when it fails or hangs."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"`{' '.join(cmd)}` did not answer within 10 s") from e
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def _probe() -> SlurmCluster:
+    for tool in ("sinfo", "squeue", "sbatch", "srun"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"`{tool}` is not on the PATH")
+    _run("squeue", "-h")
+    # One line per node and partition: partition (default one marked *), node, CPUs, state.
+    rows = [line.split("|") for line in _run("sinfo", "-h", "-N", "-o", "%P|%N|%c|%t").splitlines()]
+    if not rows:
+        raise RuntimeError("sinfo lists no nodes")
+    rows.sort(key=lambda r: not r[0].endswith("*"))  # the default partition first
+    partition, node, cpus, state = rows[0]
+    # sinfo appends flags to the state: * not responding, ~ powered off, # powering up, ! powering down, ...
+    if state.rstrip("*~#!%$@^-") not in USABLE_STATES or state.endswith("*"):
+        raise RuntimeError(f"node {node} of partition {partition.rstrip('*')} is {state}")
+    return SlurmCluster(partition=partition.rstrip("*"), node=node, cpus=int(cpus))
+
+
+@pytest.fixture(scope="session")
+def slurm() -> SlurmCluster:
+    """A SLURM controller that answers and a node that takes jobs; skips otherwise (fails under
+    HARNESS_REQUIRE_SLURM=1, as in CI, so a suite never passes by skipping its SLURM tests)."""
+    try:
+        return _probe()
+    except RuntimeError as e:
+        reason = f"no usable SLURM cluster ({e}); {HOW_TO_START}"
+    if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
+        pytest.fail(f"HARNESS_REQUIRE_SLURM=1: {reason}", pytrace=False)
+    pytest.skip(reason)
