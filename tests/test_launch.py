@@ -75,3 +75,22 @@ def test_cli_reports_sweep_errors_without_a_traceback(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.yaml"), "--results", str(tmp_path)]) == 2
     assert "no such sweep file" in capsys.readouterr().err
     assert not (tmp_path / ".harness").exists()  # nothing submitted, nothing journalled
+
+
+def test_a_resubmitted_upstream_takes_its_waiting_dependents_along(tmp_path):
+    """Re-pointing: a dependent still waiting on the old upstream id is cancelled and resubmitted after the new one."""
+    from harness.launch.commands import _wanted
+    from harness.launch.state import JobState
+    from harness.sweep import compile_sweeps, load_sweep
+
+    graph = compile_sweeps([load_sweep(write_sweep(tmp_path, TWO_STAGES))], tmp_path / "results")
+    up, down = graph.jobs
+    states = {up: JobState("failed", "7"), down: JobState("pending", "8", detail="Dependency")}
+    submit, cancel, held = _wanted(graph, states, retry_failed=True)
+    assert [j.id for j in submit] == [up, down] and [j.id for j in cancel] == [down] and not held
+    submit, cancel, held = _wanted(graph, states, retry_failed=False)
+    assert not submit and not cancel and "--retry-failed" in held[0]
+    states[up] = JobState("failed", "7")
+    states[down] = JobState("cancelled", "8")
+    submit, _, held = _wanted(graph, states, retry_failed=False)
+    assert not submit and "waits for its upstream" in held[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from harness.launch.journal import Journal
-from harness.launch.queue import Queue
+from harness.launch.queue import Queue, QueueError
 from harness.launch.state import IN_FLIGHT, JobState, observe
 from harness.sweep import Graph, Job, compile_sweeps, load_cluster, load_sweep
 
@@ -162,6 +162,9 @@ def run(req: Request, executor: str | None = None, retry_failed: bool = False, d
     with journal.lock():
         queue = Queue()
         states = observe(graph, results, queue, journal)
+        unknown = [s for s in states.values() if s.state == "unknown"]
+        if unknown:  # submitting blind could duplicate jobs that are in the queue
+            raise QueueError(f"cannot tell which jobs are in flight: {unknown[0].detail}")
         _record_reconciled(journal, states)
         submit, cancel, held = _wanted(graph, states, retry_failed)
         done = sum(1 for s in states.values() if s.state == "done")
