@@ -93,4 +93,4 @@ def test_a_resubmitted_upstream_takes_its_waiting_dependents_along(tmp_path):
     states[up] = JobState("failed", "7")
     states[down] = JobState("cancelled", "8")
     submit, _, held = _wanted(graph, states, retry_failed=False)
-    assert not submit and "waits for its upstream" in held[0]
+    assert not submit and "waits for its upstream" in held[1]
