@@ -8,6 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.launch.journal import Journal, LockedError
+from harness.sweep import SweepError
 from tests.launch_helpers import needs_data, write_sweep
 
 TWO_STAGES = """
@@ -94,3 +95,20 @@ def test_a_resubmitted_upstream_takes_its_waiting_dependents_along(tmp_path):
     states[down] = JobState("cancelled", "8")
     submit, _, held = _wanted(graph, states, retry_failed=False)
     assert not submit and "waits for its upstream" in held[1]
+
+
+def test_cluster_settings_stage_over_profile_and_command_line_over_all(tmp_path):
+    from harness.launch.commands import Request, compile_request
+    from harness.launch.executors import submitit_parameters
+
+    sweep = write_sweep(tmp_path, "stages: {pretrain: {cluster: {nodes: 4, timeout_min: 600}}}")
+    req = Request([sweep], ["cluster.timeout_min=30", "cluster.additional={exclude: node1}"], cluster="slurm")
+    (job,) = compile_request(req).jobs.values()
+    assert job.cluster["nodes"] == 4 and job.cluster["timeout_min"] == 30 and job.cluster["gpus_per_node"] == 8
+    params = submitit_parameters({**job.cluster, "partition": "gpu", "qos": "high"})
+    assert params["tasks_per_node"] == 8  # one process per GPU
+    assert params["slurm_partition"] == "gpu" and params["slurm_qos"] == "high" and params["nodes"] == 4
+    assert params["slurm_additional_parameters"] == {"exclude": "node1"}
+    assert params["slurm_signal_delay_s"] == 120 and "slurm_account" not in params
+    with pytest.raises(SweepError, match="unknown cluster setting 'gpu'"):
+        compile_request(Request([sweep], ["cluster.gpu=1"]))

@@ -45,15 +45,15 @@ class Request:
 def compile_request(req: Request) -> Graph:
     """Load, check and compile the sweeps; SweepError before anything is submitted."""
     cluster = load_cluster(req.cluster or os.environ.get(CLUSTER_ENV, "slurm"))
-    job_overrides = []
+    job_overrides, cluster_overrides = [], {}
     for item in req.overrides:
         key, sep, value = item.partition("=")
         if key.startswith("cluster.") and sep:
-            cluster[key.removeprefix("cluster.")] = yaml.safe_load(value)
+            cluster_overrides[key.removeprefix("cluster.")] = yaml.safe_load(value)
         else:
             job_overrides.append(item)
     sweeps = [load_sweep(path) for path in req.sweeps]
-    return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides)
+    return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides, cluster_overrides)
 
 
 def _table(headers: list[str], rows: list[list]) -> str:

@@ -102,7 +102,7 @@ def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journ
             queue_error = str(err)
     states = {}
     for job in graph.jobs.values():
-        states[job.id] = _state(job, submissions.get(job.id), queue, queue_error, results, journal)
+        states[job.id] = _state(job, submissions.get(job.id), queue, queue_error, results)
     for job in graph.jobs.values():  # cancelled because the upstream failed: say so
         st = states[job.id]
         if st.state == "cancelled" and job.upstream and states[job.upstream].state in ("failed", "cancelled"):
@@ -110,7 +110,7 @@ def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journ
     return states
 
 
-def _state(job: Job, sub: Submission | None, queue: Queue, queue_error: str | None, results: Path, journal) -> JobState:
+def _state(job: Job, sub: Submission | None, queue: Queue, queue_error: str | None, results: Path) -> JobState:
     result = _read_result(job)
     if result is not None:
         return JobState(

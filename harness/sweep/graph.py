@@ -141,8 +141,9 @@ def _check_cluster(settings: dict, where: str) -> dict:
 
 
 class _Compiler:
-    def __init__(self, results: Path, profile: Profile, cluster: dict, overrides: tuple[str, ...]) -> None:
-        self.results, self.profile, self.cluster, self.cli = results, profile, cluster, overrides
+    def __init__(self, results: Path, profile: Profile, cluster: dict, cluster_cli: dict, overrides: tuple) -> None:
+        self.results, self.profile, self.cli = results, profile, overrides
+        self.cluster, self.cluster_cli = cluster, cluster_cli
         self.jobs: dict[str, Job] = {}
         self.configs: dict[tuple[str, ...], DictConfig] = {}  # compose is slow (~0.1 s): once per override list
 
@@ -208,7 +209,7 @@ class _Compiler:
                 config=cfg,
                 run_dir=self.results / task / job_id,
                 upstream=upstream.id if upstream else None,
-                cluster={**self.cluster, **self.profile.cluster, **stage.cluster},
+                cluster={**self.cluster, **self.profile.cluster, **stage.cluster, **self.cluster_cli},
                 runnable=runnable,
             )
         job = self.jobs[job_id]
@@ -245,13 +246,19 @@ def compile_sweeps(
     profile: str | Profile | None = None,
     cluster: dict[str, Any] | None = None,
     overrides: tuple[str, ...] | list[str] = (),
+    cluster_overrides: dict[str, Any] | None = None,
 ) -> Graph:
-    """The job graph of `sweeps` (shared jobs once), with `overrides` (Hydra syntax) appended to every job."""
+    """The job graph of `sweeps` (shared jobs once), with `overrides` (Hydra syntax) appended to every job.
+
+    Cluster settings: `cluster` (a profile), then the `--profile`'s, then each stage's, then `cluster_overrides`
+    (the command line's `cluster.KEY=VALUE`), the last one winning.
+    """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     for item in overrides:
         check_override(item)
-    compiler = _Compiler(Path(results).resolve(), profile, dict(cluster or {}), tuple(overrides))
+    cluster_cli = _check_cluster(dict(cluster_overrides or {}), "command line: cluster")
+    compiler = _Compiler(Path(results).resolve(), profile, dict(cluster or {}), cluster_cli, tuple(overrides))
     for sweep in sweeps:
         compiler.sweep(sweep)
     return Graph(sweeps=list(sweeps), jobs=compiler.jobs)
