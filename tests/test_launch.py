@@ -9,7 +9,7 @@ import pytest
 from harness.cli import main
 from harness.launch.journal import Journal, LockedError
 from harness.sweep import SweepError
-from tests.launch_helpers import needs_data, write_sweep
+from tests.helpers import needs_data, write_sweep
 
 TWO_STAGES = """
 stages:

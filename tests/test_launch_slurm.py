@@ -16,7 +16,7 @@ from harness.launch import commands
 from harness.launch.commands import Request
 from harness.launch.journal import Journal
 from harness.launch.state import log_paths
-from tests.launch_helpers import all_finished, needs_data, wait_for, write_sweep
+from tests.helpers import all_finished, needs_data, wait_for, write_sweep
 
 pytestmark = [pytest.mark.slurm, needs_data]
 SMOKE = str(Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml")

@@ -13,17 +13,10 @@ import torch.multiprocessing as mp
 
 import model
 from harness.config import ConfigError, compose, config_hash, derived
-from harness.data import dataset_root
 from harness.train import checkpoint
 from harness.train.entry import TrainJob
 from harness.train.loop import NonFiniteLossError, train
-
-try:
-    dataset_root("fashion_mnist")
-    HAVE_FMNIST = True
-except FileNotFoundError:
-    HAVE_FMNIST = False
-needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+from tests.helpers import needs_data
 
 # 200 training images (20 per class), batch 32: 6 steps per epoch, tiny and quick on 2 CPU cores
 TINY = [

@@ -1,4 +1,4 @@
-"""Helpers of the launcher tests: tiny sweeps, and waiting for jobs to reach a state (a guard, not a timing)."""
+"""Helpers shared by the tests: the Fashion-MNIST skip mark, tiny sweeps, waiting for jobs (a guard, not a timing)."""
 
 from __future__ import annotations
 
