@@ -7,7 +7,7 @@
 
 Arguments of plan / run / status that contain `=` are overrides: Hydra overrides for every job
 (`loader.workers=4`), or `cluster.KEY=VALUE` for the cluster settings (`cluster.partition=gpu`).
-    harness report sweeps/smoke.yaml                    # the cells, ours (paper), as a Markdown table
+    harness report sweeps/smoke.yaml                    # tables, figures, claims, HTML: reports/smoke/
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--retry-failed", action="store_true", help="resubmit failed jobs and their dependents")
     run.add_argument("--dry-run", action="store_true", help="say what would be submitted, submit nothing")
     _sweep_args(sub.add_parser("status", help="one row per job: state, job id, elapsed, last metric"))
-    _sweep_args(sub.add_parser("report", help="each sweep's cells, ours (paper), as a Markdown table"))
+    report = sub.add_parser("report", help="tables, figures, claims and an HTML page per sweep, ours beside the paper")
+    _sweep_args(report)
+    report.add_argument("--out", help="where reports go (default: reports/; one folder per sweep)")
     args, extra = parser.parse_known_args(argv)  # overrides may come after options: collect them here
     unknown = [e for e in extra if e.startswith("-")]
     if unknown:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return commands.status(req)
         if args.command == "report":
-            return commands.report(req)
+            return commands.report(req, args.out)
         return commands.run(req, args.executor, args.retry_failed, args.dry_run)
     except (ConfigError, SweepError, LockedError, QueueError) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)

@@ -260,14 +260,9 @@ def status(req: Request, out=None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def report(req: Request, out=None) -> int:
-    """For now: each sweep's cells as a Markdown table, ours (paper); the reports issue adds the rest."""
-    from harness.report import markdown_table
+def report(req: Request, out_root: str | None = None, out=None) -> int:
+    """Tables, figures, claims and an HTML page per sweep under reports/ (harness.report.build)."""
+    from harness.report.build import build_reports
 
-    out = out or sys.stdout
-    graph = compile_request(req)
-    states = observe(graph, req.results_dir)
-    for sweep in graph.sweeps:
-        print(f"\n{sweep.title}\n", file=out)
-        print(markdown_table(sweep, graph, states), file=out)
+    build_reports(req, out_root or "reports", out)
     return 0

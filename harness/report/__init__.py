@@ -1,9 +1,12 @@
-"""Reports: a sweep's cells filled with our results beside the paper's values.
+"""Reports: every table and figure of a sweep rebuilt from its run folders, ours beside the paper's.
 
-For now one plain Markdown table per sweep (`harness report`, the end of `make demo`); tables in the paper's layout
-with tolerances, figures, HTML and claims arrive with the reports issue.
+    from harness.report import collect
+    df = collect(["sweeps/smoke.yaml"])        # long format: a row per (sweep, cell, job)
+
+`harness report SWEEP...` writes reports/<sweep>/: table.md, table.tex, cells.csv, results.csv, the figures, and
+index.html (one self-contained page with tables, figures, claims and provenance).
 """
 
-from harness.report.table import cell_values, markdown_table
+from harness.report.collect import collect
 
-__all__ = ["cell_values", "markdown_table"]
+__all__ = ["collect"]

@@ -1,59 +1,146 @@
-"""A sweep's cells as a Markdown table: rows and columns from its `layout`, each cell "ours (paper)"."""
+"""A sweep's cells, ours beside the paper's: one summary row per cell, then the paper's layout.
+
+    summary = summarize(sweep, df)          # a row per cell: mean, std, n, paper, delta, verdict, state, lint
+    grid = layout(sweep, summary)           # display strings, rows x columns as in the paper
+    markdown(grid), latex(grid, caption)    # and summary.to_csv(...)
+
+A cell reads "ours (paper)": mean ± std over its finished seeds, the paper's value, the difference and a mark:
+`=` within tolerance, `+` above, `-` below. A cell without a result shows its jobs' state. A cell whose jobs ran
+with another protocol than the paper's (epochs, pre-training epochs, image size, probed layer, fine-tune vs linear)
+is flagged `!` and not compared (protocol lint).
+"""
 
 from __future__ import annotations
 
-import statistics
+import math
 
-from harness.launch.state import JobState
-from harness.sweep import Cell, Graph, Sweep
+import pandas as pd
 
-__all__ = ["cell_values", "markdown_table"]
+from harness.sweep import Cell, Sweep
+
+__all__ = ["DEFAULT_TOLERANCE", "MARKS", "latex", "layout", "lint", "markdown", "summarize"]
+
+DEFAULT_TOLERANCE = 1.0  # points of top-1, when a cell gives none
+MARKS = {"within": "=", "above": "+", "below": "-", "protocol differs": "!"}
 
 
-def cell_values(sweep: Sweep, graph: Graph, states: dict[str, JobState]) -> list[tuple[Cell, list[float], str]]:
-    """Per cell: our values (one per finished job of the cell, e.g. per seed) and the cell's jobs' states."""
+def lint(cell: Cell, rows: pd.DataFrame) -> list[str]:
+    """How the cell's jobs differ from the protocol the paper's number was produced with."""
+    problems = []
+    p = cell.protocol
+    checks = [("task", "protocol"), ("epochs", "epochs"), ("pretrain_epochs", "pretrain_epochs"),
+              ("img_size", "img_size"), ("layer", "layer")]  # fmt: skip
+    for key, column in checks:
+        if p.get(key) is None:
+            continue
+        seen = sorted({str(v) if isinstance(v, str) else f"{float(v):g}" for v in rows[column] if v == v})
+        want = str(p[key]) if isinstance(p[key], str) else f"{float(p[key]):g}"
+        if seen and seen != [want]:
+            problems.append(f"{key} {'/'.join(seen)} (paper: {want})")
+    return problems
+
+
+def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell of `sweep`, from the long-format DataFrame of `collect`."""
+    mine = df[df.sweep == sweep.name] if len(df) else df
     out = []
-    for cell in sweep.cells:
-        jobs = [
-            job
-            for ref, job in graph.refs(sweep.name)
-            if ref.stage == cell.stage and all(ref.keys.get(k) == v for k, v in cell.keys.items())
-        ]
-        values = [
-            float(states[j.id].result[cell.metric])
-            for j in jobs
-            if states[j.id].state == "done" and states[j.id].result.get(cell.metric) is not None
-        ]
-        pending = sorted({states[j.id].state for j in jobs if states[j.id].state != "done"})
-        out.append((cell, values, ", ".join(pending)))
-    return out
+    for index, cell in enumerate(sweep.cells):
+        rows = mine[mine.cell_index == index] if len(mine) else mine
+        done = rows[rows.value.notna()] if len(rows) else rows
+        values = done.value.astype(float) if len(done) else pd.Series(dtype=float)
+        mean = float(values.mean()) if len(values) else math.nan
+        std = float(values.std()) if len(values) > 1 else math.nan
+        tolerance = cell.tolerance if cell.tolerance is not None else DEFAULT_TOLERANCE
+        problems = lint(cell, done) if len(done) else []
+        delta = mean - cell.paper if cell.paper is not None and len(values) else math.nan
+        if problems and not math.isnan(delta):
+            verdict = "protocol differs"
+        elif math.isnan(delta):
+            verdict = ""
+        else:
+            verdict = "within" if abs(delta) <= tolerance else "above" if delta > 0 else "below"
+        states = rows.state.value_counts().to_dict() if len(rows) else {}
+        out.append({
+            "cell_index": index,
+            "stage": cell.stage,
+            "metric": cell.metric,
+            **{f"key.{k}": v for k, v in cell.keys.items()},
+            "n": len(values),
+            "jobs": len(rows),
+            "mean": mean,
+            "std": std,
+            "paper": math.nan if cell.paper is None else cell.paper,
+            "tolerance": tolerance,
+            "delta": delta,
+            "verdict": verdict,
+            "state": ", ".join(f"{n} {s}" for s, n in states.items()),
+            "lint": "; ".join(problems),
+        })  # fmt: skip
+    return pd.DataFrame(out)
 
 
-def _format(values: list[float], paper: float | None, pending: str) -> str:
-    if not values:
-        text = pending or "no result"
-    elif len(values) == 1:
-        text = f"{values[0]:.1f}"
+def _display(row: pd.Series) -> str:
+    paper = row["paper"]
+    if row["n"] == 0:
+        pending = [s.split(" ", 1)[1] for s in row["state"].split(", ") if s and not s.endswith(" done")]
+        ours = " / ".join(pending) or "no job"
+    elif row["n"] == 1:
+        ours = f"{row['mean']:.1f}"
     else:
-        text = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-    return f"{text} ({paper:.1f})" if paper is not None else text
+        ours = f"{row['mean']:.1f} ± {row['std']:.1f}"
+    if paper != paper:  # no paper value
+        return ours
+    if row["n"] == 0:
+        return f"{ours} ({paper:.1f})"
+    mark = MARKS.get(row["verdict"], "")
+    return f"{ours} ({paper:.1f}, {row['delta']:+.1f} {mark})"
 
 
-def markdown_table(sweep: Sweep, graph: Graph, states: dict[str, JobState]) -> str:
-    """Rows are the values of `layout.rows` keys, columns of `layout.cols` keys (`stage` may be one of them)."""
-    rows_by = sweep.layout.get("rows", ())
-    cols_by = sweep.layout.get("cols", ("stage",))
-    table: dict[tuple, dict[tuple, str]] = {}
-    columns: list[tuple] = []
-    for cell, values, pending in cell_values(sweep, graph, states):
-        keys = {**cell.keys, "stage": cell.stage, "metric": cell.metric}
-        row = tuple(keys.get(k, "") for k in rows_by)
-        col = tuple(keys.get(k, "") for k in cols_by)
+def layout(sweep: Sweep, summary: pd.DataFrame) -> pd.DataFrame:
+    """Display strings in the paper's layout: `layout.rows` keys down, `layout.cols` keys across (default: stage)."""
+    rows_by = list(sweep.layout.get("rows", ())) or [k[4:] for k in summary.columns if k.startswith("key.")][:1]
+    cols_by = list(sweep.layout.get("cols", ())) or ["stage"]
+    table: dict[str, dict[str, str]] = {}
+    columns: list[str] = []
+    for _, row in summary.iterrows():
+        keys = {k[4:]: v for k, v in row.items() if k.startswith("key.") and v == v}
+        keys |= {"stage": row["stage"], "metric": row["metric"]}
+        name = " ".join(str(keys.get(k, "")) for k in rows_by).strip() or "-"
+        col = " ".join(str(keys.get(k, "")) for k in cols_by).strip() or row["metric"]
         if col not in columns:
             columns.append(col)
-        table.setdefault(row, {})[col] = _format(values, cell.paper, pending)
-    head = [" / ".join(rows_by) or "cell", *[" ".join(c) for c in columns]]
+        table.setdefault(name, {})[col] = _display(row)
+    frame = pd.DataFrame.from_dict(table, orient="index").reindex(columns=columns).fillna("")
+    frame.index.name = " / ".join(rows_by)
+    return frame
+
+
+def markdown(grid: pd.DataFrame) -> str:
+    head = [grid.index.name or "", *grid.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, cells in table.items():
-        lines.append("| " + " | ".join([" ".join(row), *[cells.get(c, "") for c in columns]]) + " |")
+    lines += ["| " + " | ".join([str(name), *row]) + " |" for name, row in zip(grid.index, grid.values.tolist())]
+    return "\n".join(lines)
+
+
+def latex(grid: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}); ± and Δ marks in math mode."""
+
+    def tex(text: str) -> str:
+        text = str(text).replace("\\", "\\textbackslash{}")
+        for a, b in (("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("±", "$\\pm$")):
+            text = text.replace(a, b)
+        return text
+
+    spec = "l" + "c" * len(grid.columns)
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{tex(caption)}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join([tex(grid.index.name or ""), *map(tex, grid.columns)]) + " \\\\",
+        "\\midrule",
+    ]
+    lines += [" & ".join([tex(name), *map(tex, row)]) + " \\\\" for name, row in zip(grid.index, grid.values.tolist())]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines)

@@ -17,9 +17,14 @@ import yaml
 
 from harness.config import CONF_DIR
 
-__all__ = ["CLUSTER_KEYS", "Block", "Cell", "Stage", "Sweep", "SweepError", "check_override", "load_sweep"]
+__all__ = [
+    "CLUSTER_KEYS", "Block", "Cell", "Claim", "Figure", "Stage", "Sweep", "SweepError", "check_override", "load_sweep",
+]  # fmt: skip
 
-TOP_KEYS = ("name", "title", "source", "overrides", "stages", "cells", "cell_defaults", "layout")
+TOP_KEYS = (
+    "name", "title", "source", "overrides", "stages", "cells", "cell_defaults", "layout", "figures", "claims",
+)  # fmt: skip
+CLAIM_KEYS = ("text", "check", "cells")
 STAGE_KEYS = ("task", "overrides", "grid", "cluster", "runnable")
 # Cluster settings of a stage (and of harness/conf/cluster/*.yaml), mapped to submitit in harness.launch.executors.
 CLUSTER_KEYS = (
@@ -43,6 +48,10 @@ BLOCK_KEYS = ("from", "where", "match", "overrides")
 CELL_KEYS = ("stage", "keys", "metric", "paper", "tolerance", "protocol", "note")
 PROTOCOL_KEYS = ("task", "epochs", "pretrain_epochs", "img_size", "epoch", "layer", "note")
 LAYOUT_KEYS = ("rows", "cols")
+FIGURE_KEYS = (
+    "name", "kind", "stage", "metric", "x", "hue", "facet", "rows", "cols", "title", "logx", "xlabel", "ylabel",
+)  # fmt: skip
+FIGURE_KINDS = ("line", "bar", "heatmap")
 METRICS = ("top1", "top5", "best_top1", "best_top5", "final_loss", "gpu_hours", "device_hours", "wall_clock_s")
 TASKS = ("pretrain", "finetune", "linear")  # detection and segmentation arrive with the dense-tasks issue
 
@@ -90,6 +99,34 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A plot of a sweep's cells: line (x = a key, e.g. epochs), bar, or heatmap (rows x cols), hue / facet keys."""
+
+    name: str
+    kind: str
+    stage: str
+    metric: str = "top1"
+    x: str | None = None
+    hue: str | None = None
+    facet: str | None = None
+    rows: str | None = None
+    cols: str | None = None
+    title: str | None = None
+    logx: bool = False
+    xlabel: str | None = None
+    ylabel: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sentence of the paper checked on table values: `check` is an expression over named cells (`cells`)."""
+
+    text: str
+    check: str
+    cells: dict[str, int]  # name in the expression -> index into the sweep's cells
+
+
+@dataclass(frozen=True)
 class Sweep:
     name: str
     path: Path
@@ -99,6 +136,8 @@ class Sweep:
     stages: dict[str, Stage]  # in dependency order
     cells: tuple[Cell, ...]
     layout: dict[str, tuple[str, ...]]
+    figures: tuple[Figure, ...] = ()
+    claims: tuple[Claim, ...] = ()
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -188,6 +227,14 @@ class _Reader:
             for i, c in enumerate(cells_data)
         )
         layout = self.mapping(data.get("layout"), "layout", LAYOUT_KEYS)
+        figures_data = data.get("figures") or []
+        if not isinstance(figures_data, list):
+            raise self.error("figures", "expected a list of figures")
+        figures = tuple(self.figure(i, f, stages) for i, f in enumerate(figures_data))
+        claims_data = data.get("claims") or []
+        if not isinstance(claims_data, list):
+            raise self.error("claims", "expected a list of claims")
+        claims = tuple(self.claim(i, c, cells) for i, c in enumerate(claims_data))
         return Sweep(
             name=str(data.get("name") or self.path.stem),
             path=self.path,
@@ -197,7 +244,55 @@ class _Reader:
             stages=stages,
             cells=cells,
             layout={k: tuple([v] if isinstance(v, str) else v) for k, v in layout.items()},
+            figures=figures,
+            claims=claims,
         )
+
+    def claim(self, i: int, spec: Any, cells: tuple[Cell, ...]) -> Claim:
+        """`cells: {name: {stage, metric, <key>: <label>...}}` must each select exactly one cell of the sweep."""
+        from harness.report.claims import check_expression  # the expression grammar lives with its evaluator
+
+        where = f"claims[{i}]"
+        spec = self.mapping(spec, where, CLAIM_KEYS)
+        for key in CLAIM_KEYS:
+            if not spec.get(key):
+                raise self.error(f"{where}.{key}", "missing")
+        named = {}
+        for name, selector in self.mapping(spec["cells"], f"{where}.cells").items():
+            selector = {str(k): str(v) for k, v in self.mapping(selector, f"{where}.cells.{name}").items()}
+            found = [
+                j
+                for j, cell in enumerate(cells)
+                if all(
+                    (cell.stage if k == "stage" else cell.metric if k == "metric" else cell.keys.get(k)) == v
+                    for k, v in selector.items()
+                )
+            ]
+            if len(found) != 1:
+                raise self.error(f"{where}.cells.{name}", f"{selector} selects {len(found)} cells, expected one")
+            named[name] = found[0]
+        try:
+            check_expression(str(spec["check"]), set(named))
+        except ValueError as err:
+            raise self.error(f"{where}.check", str(err)) from err
+        return Claim(text=str(spec["text"]), check=str(spec["check"]), cells=named)
+
+    def figure(self, i: int, spec: Any, stages: dict[str, Stage]) -> Figure:
+        where = f"figures[{i}]"
+        spec = self.mapping(spec, where, FIGURE_KEYS)
+        kind = spec.get("kind")
+        if kind not in FIGURE_KINDS:
+            raise self.error(f"{where}.kind", f"expected one of {', '.join(FIGURE_KINDS)}, got {kind!r}")
+        if spec.get("stage") not in stages:
+            raise self.error(f"{where}.stage", f"unknown stage {spec.get('stage')!r}; stages: {', '.join(stages)}")
+        needed = ("rows", "cols") if kind == "heatmap" else ("x",)
+        for key in needed:
+            if not spec.get(key):
+                raise self.error(f"{where}.{key}", f"a {kind} figure needs '{key}' (a cell key)")
+        metric = spec.get("metric", "top1")
+        if metric not in METRICS:
+            raise self.error(f"{where}.metric", f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+        return Figure(**{"name": f"figure{i + 1}", **spec, "metric": metric, "logx": bool(spec.get("logx"))})
 
     def stage(self, name: str, spec: Any) -> Stage:
         where = f"stages.{name}"

@@ -1,0 +1,101 @@
+"""`harness report`: for each sweep, reports/<sweep>/ with its table (Markdown, LaTeX, CSV), figures, claims and
+one self-contained HTML page, all from the run folders."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness.io import atomic_write_text
+from harness.launch.commands import Request, compile_request
+from harness.launch.state import observe
+from harness.report.claims import NOT_ENOUGH, evaluate
+from harness.report.collect import collect_graph
+from harness.report.table import latex, layout, markdown, summarize
+from harness.sweep import Sweep
+
+__all__ = ["build_reports", "judge_claims"]
+
+
+def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
+    """Each claim's verdict on the paper's values and on ours (the mean over seeds of each named cell)."""
+    out = []
+    for claim in sweep.claims:
+        rows = {name: summary.iloc[index] for name, index in claim.cells.items()}
+        paper = evaluate(claim.check, {n: r["paper"] for n, r in rows.items()})
+        ours = evaluate(claim.check, {n: r["mean"] for n, r in rows.items()})
+        missing = [n for n, r in rows.items() if r["n"] == 0]
+        linted = [n for n, r in rows.items() if r["lint"]]
+        detail = claim.check
+        if ours == NOT_ENOUGH and missing:
+            detail += f"; no result yet for {', '.join(missing)}"
+        if linted:
+            detail += f"; ours ran with another protocol than the paper for {', '.join(linted)}"
+        out.append({"claim": claim.text, "paper": paper, "ours": ours, "detail": detail})
+    return out
+
+
+def _git_sha() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> list[Path]:
+    """Write reports/<sweep>/ for every sweep of `req`; print each table; return the HTML pages' paths."""
+    from harness.report.figures import render_figures  # matplotlib: only here
+    from harness.report.html import write_html
+
+    out = out or sys.stdout
+    graph = compile_request(req)
+    states = observe(graph, req.results_dir)
+    df = collect_graph(graph, states)
+    pages = []
+    for sweep in graph.sweeps:
+        folder = Path(out_root) / sweep.name
+        folder.mkdir(parents=True, exist_ok=True)
+        mine = df[df.sweep == sweep.name] if len(df) else df
+        summary = summarize(sweep, df)
+        grid = layout(sweep, summary)
+        table_md = markdown(grid)
+        atomic_write_text(folder / "table.md", f"{sweep.title}\n\n{table_md}\n")
+        atomic_write_text(folder / "table.tex", latex(grid, sweep.title) + "\n")
+        atomic_write_text(folder / "cells.csv", summary.to_csv(index=False))
+        atomic_write_text(folder / "results.csv", mine.to_csv(index=False))
+        figures = [p for p in render_figures(sweep, mine, folder) if p.suffix == ".png"]
+        claims = judge_claims(sweep, summary)
+        jobs = mine.drop_duplicates("config_hash") if len(mine) else mine
+        done = jobs[jobs.state == "done"] if len(jobs) else jobs
+        spent = float(done.gpu_hours.fillna(0).sum()) if len(done) else 0.0
+        provenance = {
+            "sweep file": str(sweep.path),
+            "source of the paper's values": sweep.source or "-",
+            "git sha": _git_sha(),
+            "profile": req.profile or "none",
+            "results": str(req.results_dir),
+            "jobs (config hashes)": f"{len(jobs)}: " + ", ".join(sorted(jobs.config_hash)) if len(jobs) else "0",
+            "finished runs": str(len(done)),
+            "GPU-hours spent": f"{spent:.2f}" if not math.isnan(spent) else "-",
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        }
+        tables = [(sweep.title, grid.reset_index()), ("Every cell", summary)]
+        page = write_html(folder / "index.html", title=sweep.title, tables=tables, figures=figures, claims=claims,
+                          provenance=provenance)  # fmt: skip
+        pages.append(page)
+        print(f"\n{sweep.title}\n\n{table_md}", file=out)
+        flagged = summary[summary["lint"] != ""] if len(summary) else summary
+        if len(flagged):
+            print(f"\n! {len(flagged)} cells ran with another protocol than the paper's (not compared): "
+                  + "; ".join(sorted(set(flagged["lint"])))[:300], file=out)  # fmt: skip
+        for claim in claims:
+            print(f"claim: {claim['claim']}: paper {claim['paper']}, ours {claim['ours']}", file=out)
+        print(f"\nreport: {page}", file=out)
+    return pages

@@ -1,0 +1,83 @@
+"""The paper's claims as checks over table values, judged on the paper's numbers and on ours.
+
+A claim lives in its sweep file, next to the cells it speaks of:
+
+    claims:
+      - text: SplitMask loses less than DINO when ImageNet shrinks from full to 1%
+        cells: {sm_full: {method: splitmask, pretrain_data: in_full}, sm_1: {method: splitmask, pretrain_data: in_1},
+                dino_full: {method: dino, pretrain_data: in_full}, dino_1: {method: dino, pretrain_data: in_1}}
+        check: sm_full - sm_1 < dino_full - dino_1
+
+`check` is a small arithmetic expression (numbers, the names of `cells`, + - * /, comparisons, and / or / not),
+parsed with `ast` and evaluated without `eval`. Its verdict: holds, fails, or not enough results.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Mapping
+
+__all__ = ["FAILS", "HOLDS", "NOT_ENOUGH", "check_expression", "evaluate"]
+
+HOLDS, FAILS, NOT_ENOUGH = "holds", "fails", "not enough results"
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_COMPARE = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+
+
+def check_expression(text: str, names: set[str]) -> ast.Expression:
+    """Parse `text`, allowing only the grammar above and the given names; ValueError says what is not allowed."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"not an expression: {text!r} ({err.msg})") from err
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in names:
+            raise ValueError(f"'{node.id}' is not one of the claim's cells ({', '.join(sorted(names))})")
+        allowed = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.BinOp, ast.UnaryOp, ast.USub, ast.Not)
+        allowed += (ast.Compare, ast.BoolOp, ast.And, ast.Or, *_BINARY, *_COMPARE)
+        if not isinstance(node, allowed):
+            raise ValueError(f"'{ast.unparse(node)}' is not allowed in a claim (numbers, cell names, + - * /, <, and)")
+        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
+            raise ValueError(f"only numbers may appear as constants, not {node.value!r}")
+    return tree
+
+
+def evaluate(text: str, values: Mapping[str, float | None]) -> str:
+    """The verdict of the expression on `values` (None or NaN: that cell has no result)."""
+    tree = check_expression(text, set(values))
+    if any(v is None or v != v for v in values.values()):
+        return NOT_ENOUGH
+    return HOLDS if _eval(tree.body, values) else FAILS
+
+
+def _eval(node: ast.AST, values: Mapping[str, float]):
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return float(values[node.id])
+    if isinstance(node, ast.UnaryOp):
+        value = _eval(node.operand, values)
+        return -value if isinstance(node.op, ast.USub) else not value
+    if isinstance(node, ast.BinOp):
+        return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
+    if isinstance(node, ast.BoolOp):
+        results = [_eval(v, values) for v in node.values]
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, values)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = _eval(right_node, values)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    raise ValueError(f"cannot evaluate {ast.unparse(node)}")

@@ -1,0 +1,124 @@
+"""Run folders into one long-format DataFrame: a row per (sweep, cell, job), never parsing stdout.
+
+    df = collect(["sweeps/smoke.yaml"])            # also what `harness report` starts from; handy in a notebook
+    df[df.state == "done"].groupby(["stage", "cell"]).value.mean()
+
+Columns: sweep, table (the sweep's title), cell_index (the cell's place in the sweep's `cells`), stage, cell (the
+cell's keys as `k=v ...`), job (the job's keys), metric, value (NaN until done), paper, tolerance, seed, protocol
+(finetune / linear / layer; from result.json or the config), epoch_rule (the cell's: last or best), epochs,
+pretrain_epochs (the upstream's), layer (linear probe), img_size, job_id, config_hash, state, gpu_hours, run_dir,
+and one `key.<name>` column per job key. A corrupt or incomplete result.json is skipped with a warning naming the
+file (its row's state says "corrupt").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from harness.launch.commands import Request, compile_request
+from harness.launch.state import JobState, observe
+from harness.sweep import Cell, Graph
+from harness.train import RESULT_FILE
+
+__all__ = ["COLUMNS", "collect", "collect_graph"]
+
+COLUMNS = [
+    "sweep", "table", "cell_index", "stage", "cell", "job", "metric", "value", "paper", "tolerance", "seed",
+    "protocol", "epoch_rule", "epochs", "pretrain_epochs", "layer", "img_size", "job_id", "config_hash", "state",
+    "gpu_hours", "run_dir",
+]  # fmt: skip
+
+
+def collect(
+    sweeps: list[str | Path],
+    results: str | Path | None = None,
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+) -> pd.DataFrame:
+    """The long-format results of `sweeps` (files), read from `results` (default: $HARNESS_RESULTS or ./results)."""
+    req = Request([str(s) for s in sweeps], list(overrides or []), profile=profile, results=results)
+    graph = compile_request(req)
+    return collect_graph(graph, observe(graph, req.results_dir))
+
+
+def _metric_key(cell: Cell) -> str:
+    """`top1` with protocol `epoch: best` reads `best_top1`; other metrics are read as named."""
+    if cell.protocol.get("epoch") == "best" and cell.metric in ("top1", "top5"):
+        return f"best_{cell.metric}"
+    return cell.metric
+
+
+def _read(run_dir: Path, state: JobState) -> tuple[dict | None, str]:
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None, state.state
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        warnings.warn(f"skipping {path}: unreadable result ({err})", stacklevel=3)
+        return None, "corrupt"
+    return result, "done"
+
+
+def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
+    rows = []
+    cache: dict[str, tuple[dict | None, str]] = {}
+    for sweep in graph.sweeps:
+        refs = graph.refs(sweep.name)
+        for index, cell in enumerate(sweep.cells):
+            label = " ".join(f"{k}={v}" for k, v in cell.keys.items()) or "-"
+            for ref, job in refs:
+                if ref.stage != cell.stage or any(ref.keys.get(k) != v for k, v in cell.keys.items()):
+                    continue
+                if job.id not in cache:
+                    cache[job.id] = _read(job.run_dir, states[job.id])
+                result, state = cache[job.id]
+                value = math.nan
+                if result is not None:
+                    raw = result.get(_metric_key(cell))
+                    if raw is None:
+                        warnings.warn(f"{job.run_dir / RESULT_FILE}: no '{_metric_key(cell)}'", stacklevel=2)
+                    else:
+                        value = float(raw)
+                cfg = job.config
+                upstream = graph.jobs[job.upstream].config if job.upstream else None
+                protocol = (result or {}).get("protocol") or (
+                    "layer" if cfg.task == "linear" and cfg.linear.layer else cfg.task
+                )
+                row = {
+                    "sweep": sweep.name,
+                    "table": sweep.title,
+                    "cell_index": index,
+                    "stage": cell.stage,
+                    "cell": label,
+                    "job": ref.label,
+                    "metric": cell.metric,
+                    "value": value,
+                    "paper": math.nan if cell.paper is None else cell.paper,
+                    "tolerance": math.nan if cell.tolerance is None else cell.tolerance,
+                    "seed": int(cfg.seed),
+                    "protocol": protocol,
+                    "epoch_rule": cell.protocol.get("epoch", "last"),
+                    "epochs": float(cfg.optim.epochs),
+                    "pretrain_epochs": float(upstream.optim.epochs) if upstream is not None else math.nan,
+                    "layer": math.nan if cfg.task != "linear" or cfg.linear.layer is None else int(cfg.linear.layer),
+                    "img_size": int(cfg.data.img_size),
+                    "job_id": states[job.id].job_id,
+                    "config_hash": job.id,
+                    "state": state,
+                    "gpu_hours": (result or {}).get("gpu_hours", math.nan),
+                    "run_dir": str(job.run_dir),
+                }
+                row.update({f"key.{k}": v for k, v in ref.keys.items()})
+                rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    return frame[COLUMNS + sorted(c for c in frame.columns if c.startswith("key."))]

@@ -1,0 +1,161 @@
+"""Reports from result trees written here: complete, partial, several seeds, a corrupt file; tables, claims, lint."""
+
+from __future__ import annotations
+
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from harness.launch.commands import Request, compile_request
+from harness.report import collect
+from harness.report.build import build_reports, judge_claims
+from harness.report.claims import FAILS, HOLDS, NOT_ENOUGH, evaluate
+from harness.report.table import latex, layout, markdown, summarize
+from harness.sweep import SweepError, load_sweep
+from tests.helpers import write_sweep
+
+# A T1-like table: methods x pre-training data, fine-tuned on one target; the paper's numbers are FACTS T1's.
+T1 = """
+title: Sample efficiency (T1-like)
+stages:
+  pretrain:
+    grid:
+      method: {dino: [method=dino], splitmask: [method=splitmask]}
+      pretrain_data: {in_1: [data.subset.per_class=1], in_full: [data.subset.per_class=2]}
+  finetune:
+    grid:
+      - from: pretrain
+        seed: [0, 1]
+layout: {rows: [method], cols: [pretrain_data]}
+cell_defaults: {stage: finetune, metric: top1, tolerance: 0.5, protocol: {epochs: 1, epoch: last}}
+cells:
+  - {keys: {method: dino, pretrain_data: in_1}, paper: 70.1}
+  - {keys: {method: dino, pretrain_data: in_full}, paper: 78.4}
+  - {keys: {method: splitmask, pretrain_data: in_1}, paper: 74.8}
+  - {keys: {method: splitmask, pretrain_data: in_full}, paper: 75.4}
+figures:
+  - {name: t1_bars, kind: bar, stage: finetune, x: pretrain_data, hue: method}
+claims:
+  - text: SplitMask loses less than DINO when ImageNet shrinks from full to 1%
+    cells: {sm_1: {method: splitmask, pretrain_data: in_1}, sm_full: {method: splitmask, pretrain_data: in_full},
+            dino_1: {method: dino, pretrain_data: in_1}, dino_full: {method: dino, pretrain_data: in_full}}
+    check: sm_full - sm_1 < dino_full - dino_1
+"""
+GOLDEN = """\
+| method | in_1 | in_full |
+|---|---|---|
+| dino | 70.0 ± 1.4 (70.1, -0.1 =) | not submitted (78.4) |
+| splitmask | 76.0 (74.8, +1.2 +) | corrupt / not submitted (75.4) |"""
+
+
+def _results(tmp_path: Path, epochs: int = 1):
+    """The T1-like sweep with: dino/in_1 two seeds, splitmask/in_1 one seed, splitmask/in_full corrupt, rest pending."""
+    sweep = write_sweep(tmp_path, T1, "t1")
+    req = Request([sweep], [f"optim.epochs={epochs}"], results=str(tmp_path / "results"))
+    graph = compile_request(req)
+    finetunes = {j.label: j for j in graph.jobs.values() if j.task == "finetune"}
+    values = {
+        "method=dino pretrain_data=in_1 seed=0": 69.0,
+        "method=dino pretrain_data=in_1 seed=1": 71.0,
+        "method=splitmask pretrain_data=in_1 seed=0": 76.0,
+    }
+    for label, top1 in values.items():
+        run = finetunes[label].run_dir
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({"top1": top1, "protocol": "finetune", "gpu_hours": 0.5}))
+    corrupt = finetunes["method=splitmask pretrain_data=in_full seed=0"].run_dir
+    corrupt.mkdir(parents=True)
+    (corrupt / "result.json").write_text('{"top1": 7')
+    return req, load_sweep(sweep)
+
+
+def test_collect_reads_run_folders_into_a_long_dataframe(tmp_path):
+    req, _ = _results(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipping .*result.json: unreadable"):
+        df = collect(req.sweeps, results=req.results, overrides=req.overrides)
+    assert len(df) == 8  # 4 cells x 2 seeds
+    done = df[df.state == "done"]
+    assert sorted(done.value) == [69.0, 71.0, 76.0] and set(done.protocol) == {"finetune"}
+    assert set(df.state) == {"done", "corrupt", "not submitted"}
+    assert {"key.method", "key.pretrain_data", "key.seed"} <= set(df.columns)
+    assert df[df.state != "done"].value.isna().all()
+
+
+def test_table_in_the_papers_layout_matches_the_golden_markdown(tmp_path):
+    req, sweep = _results(tmp_path)
+    with pytest.warns(UserWarning):
+        df = collect(req.sweeps, results=req.results, overrides=req.overrides)
+    summary = summarize(sweep, df)
+    assert markdown(layout(sweep, summary)) == GOLDEN
+    row = summary.iloc[0]
+    assert row["n"] == 2 and row["mean"] == 70.0 and row["verdict"] == "within"
+    assert summary.iloc[2]["verdict"] == "above"
+    tex = latex(layout(sweep, summary), sweep.title)
+    assert "\\toprule" in tex and "$\\pm$" in tex and tex.count("\\\\") == 3
+
+
+def test_protocol_lint_flags_cells_produced_differently(tmp_path):
+    req, sweep = _results(tmp_path, epochs=3)  # the paper's protocol says 1
+    with pytest.warns(UserWarning):
+        df = collect(req.sweeps, results=req.results, overrides=req.overrides)
+    summary = summarize(sweep, df)
+    row = summary.iloc[0]
+    assert row["verdict"] == "protocol differs" and row["lint"] == "epochs 3 (paper: 1)"
+    assert "!)" in markdown(layout(sweep, summary))
+
+
+def test_claims_on_the_papers_numbers_and_on_partial_results(tmp_path):
+    req, sweep = _results(tmp_path)
+    with pytest.warns(UserWarning):
+        df = collect(req.sweeps, results=req.results, overrides=req.overrides)
+    (claim,) = judge_claims(sweep, summarize(sweep, df))
+    assert claim["paper"] == HOLDS  # 75.4 - 74.8 = 0.6 < 78.4 - 70.1 = 8.3 (FACTS T1)
+    assert claim["ours"] == NOT_ENOUGH and "sm_full" in claim["detail"]
+    assert evaluate("a - b < c", {"a": 1.0, "b": 0.0, "c": 0.5}) == FAILS
+    assert evaluate("a > b and not b > a", {"a": 2.0, "b": 1.0}) == HOLDS
+    assert evaluate("a > b", {"a": math.nan, "b": 1.0}) == NOT_ENOUGH
+
+
+@pytest.mark.parametrize(
+    ("claim", "expected"),
+    [
+        ("{text: t, cells: {a: {method: dino}}, check: a > 1}", r"claims\[0\].cells.a: .* selects 2 cells"),
+        ("{text: t, cells: {a: {method: dino, pretrain_data: in_1}}, check: b > 1}", r"'b' is not one of"),
+        ("{text: t, cells: {a: {method: dino, pretrain_data: in_1}}, check: __import__('os')}", r"not allowed"),
+    ],
+)
+def test_claims_are_checked_when_the_sweep_is_read(tmp_path, claim, expected):
+    text = T1.split("claims:")[0] + f"claims: [{claim}]\n"
+    with pytest.raises(SweepError, match=expected):
+        load_sweep(write_sweep(tmp_path, text, "bad"))
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_report_writes_tables_figures_and_a_self_contained_page(tmp_path, capsys):
+    req, _ = _results(tmp_path)
+    with pytest.warns(UserWarning):
+        (page,) = build_reports(req, tmp_path / "reports")
+    out = capsys.readouterr().out
+    assert GOLDEN in out and f"report: {page}" in out
+    assert "claim: SplitMask loses less than DINO" in out and "paper holds, ours not enough results" in out
+    folder = page.parent
+    for name in ("table.md", "table.tex", "cells.csv", "results.csv", "t1_bars.png", "t1_bars.svg"):
+        assert (folder / name).stat().st_size > 0, name
+    parser = _Tags()
+    parser.feed(page.read_text())
+    images = [a for t, a in parser.tags if t == "img"]
+    assert len(images) == 1 and images[0]["src"].startswith("data:image/png;base64,")
+    assert sum(t == "table" for t, _ in parser.tags) >= 3  # the layout, every cell, the claims
+    assert not any(str(a.get("src", a.get("href", ""))).startswith("http") for _, a in parser.tags)
+    assert "git sha" in page.read_text()
