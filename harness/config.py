@@ -8,6 +8,7 @@ ways, so the arithmetic that reproductions live or die on is in one tested place
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -31,7 +32,17 @@ TASKS = ("pretrain", "finetune", "linear")
 NON_IDENTITY_KEYS = ("run_dir", "data.root", "loader", "log", "run.compile")
 TASK_RUN_DIR = re.compile(r"(?:^|/)((?:pretrain|finetune|linear)/[0-9a-f]{12})/?$")
 
-__all__ = ["CONF_DIR", "ConfigError", "Derived", "compose", "config_hash", "derived", "load_config", "save_config"]
+__all__ = [
+    "CONF_DIR",
+    "Composer",
+    "ConfigError",
+    "Derived",
+    "compose",
+    "config_hash",
+    "derived",
+    "load_config",
+    "save_config",
+]  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -49,6 +60,81 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     _validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+# Keys `_validate` reads: an override of one of them always goes through `compose`.
+VALIDATED_KEYS = ("task", "method", "optim.lr", "optim.blr", "optim.batch_size", "optim.accum_steps", "run.amp")
+
+
+class Composer:
+    """Many configs that differ in a few plain values (a sweep's grid), fast: the resolved config of identical
+    overrides otherwise is composed once, and a trailing `key=value` is set on a copy of it when nothing can tell
+    the difference: the key exists as a plain value, no interpolation of the config tree refers to it (or to a
+    parent or a child of it), and `_validate` does not read it. Everything else goes through `compose`.
+
+        composer = Composer()
+        container = composer.container(["task=finetune", "data=inat2019", "seed=3"])   # a resolved plain dict
+
+    Composing costs ~0.1 s per config; a grid of 10,000 seeds costs one compose and 10,000 dict copies.
+    """
+
+    def __init__(self) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.parser = OverridesParser.create()
+        self.bases: dict[tuple[str, ...], dict] = {}
+        self.parsed: dict[str, tuple[str, object] | None] = {}  # Hydra's parser costs ~1.5 ms an override
+        text = "\n".join(p.read_text() for p in sorted(CONF_DIR.rglob("*.yaml")))
+        self.referenced = set(re.findall(r"\$\{([^}:]+)\}", text))
+
+    def _plain(self, item: str) -> tuple[str, object] | None:
+        """(key, value) when `item` is a plain value override nothing else in the tree depends on; else None."""
+        if item not in self.parsed:
+            self.parsed[item] = self._parse_plain(item)
+        return self.parsed[item]
+
+    def _parse_plain(self, item: str) -> tuple[str, object] | None:
+        try:
+            override = self.parser.parse_override(item)
+        except Exception:
+            return None
+        key = override.key_or_group
+        if override.is_add() or override.is_force_add() or override.is_delete() or override.is_sweep_override():
+            return None
+        if override.package is not None or (CONF_DIR / key).is_dir():
+            return None
+
+        def related(a: str, b: str) -> bool:
+            return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+        if any(related(key, r) for r in self.referenced) or any(related(key, v) for v in VALIDATED_KEYS):
+            return None
+        return key, override.value()
+
+    def container(self, overrides: Sequence[str]) -> dict:
+        """The resolved config of `overrides` as a plain dict (validated as `compose` does)."""
+        head, tail = list(overrides), []
+        keys = [o.lstrip("+~").split("=", 1)[0] for o in head]
+        while head and keys.count(keys[-1]) == 1 and (plain := self._plain(head[-1])) is not None:
+            tail.insert(0, plain)
+            head.pop()
+            keys.pop()
+        if tuple(head) not in self.bases:
+            self.bases[tuple(head)] = OmegaConf.to_container(compose(head), resolve=True)
+        out = dict(self.bases[tuple(head)])  # copied along the paths that change; the rest is shared, read-only
+        for key, value in tail:
+            *parents, leaf = key.split(".")
+            node = out
+            for p in parents:
+                child = node.get(p) if isinstance(node, dict) else None
+                if not isinstance(child, dict):
+                    node = None
+                    break
+                node[p] = node = dict(child)
+            if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
+                return OmegaConf.to_container(compose(overrides), resolve=True)  # Hydra says what is wrong
+            node[leaf] = copy.deepcopy(value)
+        return out
 
 
 def _explain(err: Exception, overrides: Sequence[str]) -> str:
@@ -104,19 +190,22 @@ def derived(cfg: DictConfig, world_size: int) -> Derived:
     )
 
 
-def config_hash(cfg: DictConfig, length: int = 12) -> str:
+def config_hash(cfg: DictConfig | dict, length: int = 12) -> str:
     """A job's identity: hash of its resolved config without the keys that do not change its result.
 
     `pretrained` enters as the upstream's identity (`pretrain/<hash>`) when it names a run folder, so the same
     fine-tuning has one identity whether results/ is given as a relative or an absolute path.
     """
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NON_IDENTITY_KEYS:
+    data = dict(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_IDENTITY_KEYS:  # removed from copies of the dicts on the way, never from `cfg`
         *parents, leaf = dotted.split(".")
         node = data
         for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
+            if not isinstance(node.get(p), dict):
+                break
+            node[p] = node = dict(node[p])
+        else:
+            node.pop(leaf, None)
     if data.get("pretrained"):  # a run folder is named by its job's identity: where results/ lives does not matter
         found = TASK_RUN_DIR.search(str(data["pretrained"]))
         data["pretrained"] = found.group(1) if found else str(Path(data["pretrained"]).resolve())

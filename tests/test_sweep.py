@@ -185,3 +185,34 @@ def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
     estimate = cost.estimate(cfg)
     assert estimate.hours == pytest.approx(100.0) and estimate.source == "measured (1)"
     assert cost.estimate(sm).source == "model"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["task=finetune", "data=inat2019", "model=small", "seed=3"],
+        ["task=finetune", "model=micro", "data.subset.per_class=60", "pretrained=/r/pretrain/0123456789ab", "seed=1"],
+        ["task=linear", "optim.epochs=10", "aug.scale=[1.0,1.0]", "eval.every_epochs=100"],
+        ["task=pretrain", "method=dino", "+method.args.momentum_teacher=0.99", "optim.blr=2e-3", "seed=2"],
+        ["task=finetune", "data=food101", "data.finetune.epochs=7", "optim.warmup_epochs=1"],  # interpolated
+        ["task=finetune", "optim.batch_size=64", "seed=0"],  # a validated key
+    ],
+)
+def test_fast_composer_gives_exactly_what_hydra_composes(overrides):
+    from omegaconf import OmegaConf
+
+    from harness.config import Composer
+
+    composer = Composer()
+    fast = composer.container(overrides)
+    assert fast == OmegaConf.to_container(compose(overrides), resolve=True)
+    assert config_hash(fast) == config_hash(compose(overrides))
+    changed = [*overrides[:-1], overrides[-1].rsplit("=", 1)[0] + "=5"]  # the next cell of a grid: a cached base
+    assert composer.container(changed) == OmegaConf.to_container(compose(changed), resolve=True)
+
+
+def test_fast_composer_reports_unknown_keys_as_hydra_does():
+    from harness.config import Composer, ConfigError
+
+    with pytest.raises(ConfigError, match=r"did you mean 'optim\.epochs'"):
+        Composer().container(["task=pretrain", "optim.epoch=3"])

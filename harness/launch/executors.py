@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from omegaconf import OmegaConf
 
 from harness.launch import EXECUTORS
 from harness.launch.journal import JOB_NAME_PREFIX, Journal
@@ -63,7 +62,7 @@ def submitit_parameters(cluster: dict[str, Any]) -> dict[str, Any]:
 
 
 def _args(job: Job) -> tuple[dict, str]:
-    return OmegaConf.to_container(job.config, resolve=True), str(job.run_dir)
+    return job.container, str(job.run_dir)
 
 
 def submit_slurm(groups: list[Group], results: Path, journal: Journal) -> dict[str, str]:

@@ -71,14 +71,12 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
     rows = []
     cache: dict[str, tuple[dict | None, str]] = {}
     for sweep in graph.sweeps:
-        refs = graph.refs(sweep.name)
         for index, cell in enumerate(sweep.cells):
             label = " ".join(f"{k}={v}" for k, v in cell.keys.items()) or "-"
-            for ref, job in refs:
-                if ref.stage != cell.stage or any(ref.keys.get(k) != v for k, v in cell.keys.items()):
-                    continue
+            for ref, job in graph.select(sweep.name, cell.stage, cell.keys):
                 if job.id not in cache:
-                    cache[job.id] = _read(job.run_dir, states[job.id])
+                    st = states[job.id]  # observe() has parsed the result of a done job already
+                    cache[job.id] = (st.result, "done") if st.state == "done" else _read(job.run_dir, st)
                 result, state = cache[job.id]
                 value = math.nan
                 if result is not None:
@@ -87,11 +85,10 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
                         warnings.warn(f"{job.run_dir / RESULT_FILE}: no '{_metric_key(cell)}'", stacklevel=2)
                     else:
                         value = float(raw)
-                cfg = job.config
-                upstream = graph.jobs[job.upstream].config if job.upstream else None
-                protocol = (result or {}).get("protocol") or (
-                    "layer" if cfg.task == "linear" and cfg.linear.layer else cfg.task
-                )
+                cfg = job.container  # plain dicts: building DictConfigs would dominate a 10,000-job report
+                upstream = graph.jobs[job.upstream].container if job.upstream else None
+                layer = cfg["linear"]["layer"] if cfg["task"] == "linear" else None
+                protocol = (result or {}).get("protocol") or ("layer" if layer else cfg["task"])
                 row = {
                     "sweep": sweep.name,
                     "table": sweep.title,
@@ -103,13 +100,13 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
                     "value": value,
                     "paper": math.nan if cell.paper is None else cell.paper,
                     "tolerance": math.nan if cell.tolerance is None else cell.tolerance,
-                    "seed": int(cfg.seed),
+                    "seed": int(cfg["seed"]),
                     "protocol": protocol,
                     "epoch_rule": cell.protocol.get("epoch", "last"),
-                    "epochs": float(cfg.optim.epochs),
-                    "pretrain_epochs": float(upstream.optim.epochs) if upstream is not None else math.nan,
-                    "layer": math.nan if cfg.task != "linear" or cfg.linear.layer is None else int(cfg.linear.layer),
-                    "img_size": int(cfg.data.img_size),
+                    "epochs": float(cfg["optim"]["epochs"]),
+                    "pretrain_epochs": float(upstream["optim"]["epochs"]) if upstream is not None else math.nan,
+                    "layer": math.nan if layer is None else int(layer),
+                    "img_size": int(cfg["data"]["img_size"]),
                     "job_id": states[job.id].job_id,
                     "config_hash": job.id,
                     "state": state,

@@ -10,15 +10,16 @@ upstream's run folder as `pretrained=` and keeps the upstream's keys as part of 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, ConfigError, compose, config_hash
+from harness.config import CONF_DIR, Composer, ConfigError, config_hash
 from harness.sweep.spec import CLUSTER_KEYS, Block, Stage, Sweep, SweepError, check_override
 
 __all__ = ["Graph", "Job", "Profile", "Ref", "compile_sweeps", "load_cluster", "load_profile"]
@@ -41,12 +42,18 @@ class Ref:
 class Job:
     id: str  # config hash
     task: str
-    config: DictConfig
+    container: dict  # the resolved config, a plain dict (`config` is the same as a read-only DictConfig)
     run_dir: Path
     upstream: str | None  # id of the job whose encoder this one starts from
     cluster: dict[str, Any]  # resolved cluster settings (profile, then stage, then command line)
     runnable: bool | str
     refs: list[Ref] = field(default_factory=list)
+
+    @functools.cached_property
+    def config(self) -> DictConfig:
+        cfg = OmegaConf.create(self.container)
+        OmegaConf.set_readonly(cfg, True)
+        return cfg
 
     @property
     def stage(self) -> str:
@@ -61,9 +68,22 @@ class Job:
 class Graph:
     sweeps: list[Sweep]
     jobs: dict[str, Job]  # in dependency order: an upstream comes before its dependents
+    _index: dict = field(default_factory=dict, repr=False)
 
     def refs(self, sweep: str) -> list[tuple[Ref, Job]]:
         return [(ref, job) for job in self.jobs.values() for ref in job.refs if ref.sweep == sweep]
+
+    def select(self, sweep: str, stage: str, keys: dict[str, str]) -> list[tuple[Ref, Job]]:
+        """The references of `sweep`'s `stage` whose keys include `keys` (a cell's jobs: its seeds, say)."""
+        names = tuple(sorted(keys))
+        index = self._index.get((sweep, stage, names))
+        if index is None:  # one pass per (stage, key names): cells x jobs stays linear on large sweeps
+            index = {}
+            for ref, job in self.refs(sweep):
+                if ref.stage == stage:
+                    index.setdefault(tuple(ref.keys.get(n) for n in names), []).append((ref, job))
+            self._index[(sweep, stage, names)] = index
+        return index.get(tuple(keys[n] for n in names), [])
 
     def dependents(self, job_id: str) -> list[Job]:
         return [j for j in self.jobs.values() if j.upstream == job_id]
@@ -145,7 +165,7 @@ class _Compiler:
         self.results, self.profile, self.cli = results, profile, overrides
         self.cluster, self.cluster_cli = cluster, cluster_cli
         self.jobs: dict[str, Job] = {}
-        self.configs: dict[tuple[str, ...], DictConfig] = {}  # compose is slow (~0.1 s): once per override list
+        self.composer = Composer()  # compose is slow (~0.1 s): once per distinct set of non-grid overrides
 
     def sweep(self, sweep: Sweep) -> None:
         by_stage: dict[str, list[tuple[dict[str, str], Job]]] = {}
@@ -191,22 +211,19 @@ class _Compiler:
         full = [f"task={task}", *self.profile.apply(task, overrides), *self.cli]
         if upstream is not None:
             full.append(f"pretrained={upstream.run_dir}")
-        key = tuple(full)
-        if key not in self.configs:
-            try:
-                self.configs[key] = compose(full)
-            except ConfigError as err:
-                cell = " ".join(f"{k}={v}" for k, v in keys.items()) or "-"
-                raise SweepError(f"{sweep.path}: {where}, job {cell}: {err}") from err
-        cfg = self.configs[key]
-        job_id = config_hash(cfg)
+        try:
+            container = self.composer.container(full)
+        except ConfigError as err:
+            cell = " ".join(f"{k}={v}" for k, v in keys.items()) or "-"
+            raise SweepError(f"{sweep.path}: {where}, job {cell}: {err}") from err
+        job_id = config_hash(container)
         ref = Ref(sweep.name, stage.name, keys)
         if job_id not in self.jobs:
             runnable = stage.runnable if upstream is None or upstream.runnable is True else upstream.runnable
             self.jobs[job_id] = Job(
                 id=job_id,
                 task=task,
-                config=cfg,
+                container=container,
                 run_dir=self.results / task / job_id,
                 upstream=upstream.id if upstream else None,
                 cluster={**self.cluster, **self.profile.cluster, **stage.cluster, **self.cluster_cli},
@@ -219,24 +236,30 @@ class _Compiler:
 
     def check_cells(self, sweep: Sweep, by_stage: dict) -> None:
         """Every paper value must land on a job: a cell whose keys select nothing is a typo."""
+        known: dict[str, dict[str, set[str]]] = {}
+        combos: dict[tuple, set[tuple]] = {}
         for i, cell in enumerate(sweep.cells):
-            jobs = by_stage[cell.stage]
-            known: dict[str, set[str]] = {}
-            for keys, _ in jobs:
-                for k, v in keys.items():
-                    known.setdefault(k, set()).add(v)
+            if cell.stage not in known:
+                known[cell.stage] = {}
+                for keys, _ in by_stage[cell.stage]:
+                    for k, v in keys.items():
+                        known[cell.stage].setdefault(k, set()).add(v)
+            stage_keys = known[cell.stage]
             for k, v in cell.keys.items():
-                if k not in known:
+                if k not in stage_keys:
                     raise SweepError(
                         f"{sweep.path}: cells[{i}].keys.{k}: stage '{cell.stage}' has no key '{k}' "
-                        f"(its keys: {', '.join(sorted(known))})"
+                        f"(its keys: {', '.join(sorted(stage_keys))})"
                     )
-                if v not in known[k]:
+                if v not in stage_keys[k]:
                     raise SweepError(
                         f"{sweep.path}: cells[{i}].keys.{k}: no job of stage '{cell.stage}' has "
-                        f"{k}={v} (values: {', '.join(sorted(known[k]))})"
+                        f"{k}={v} (values: {', '.join(sorted(stage_keys[k]))})"
                     )
-            if not any(all(keys.get(k) == v for k, v in cell.keys.items()) for keys, _ in jobs):
+            names = tuple(sorted(cell.keys))
+            if (cell.stage, names) not in combos:
+                combos[(cell.stage, names)] = {tuple(keys.get(n) for n in names) for keys, _ in by_stage[cell.stage]}
+            if tuple(cell.keys[n] for n in names) not in combos[(cell.stage, names)]:
                 raise SweepError(f"{sweep.path}: cells[{i}]: no job of stage '{cell.stage}' has all of {cell.keys}")
 
 

@@ -1,0 +1,83 @@
+"""Benchmark: `harness report` over 10,000 synthetic results (100 cells x 100 seeds), on this machine's CPU.
+
+    python scripts/bench_report.py            # prints the seconds of each phase and of the whole report
+
+Writes a sweep and 10,000 run folders with a result.json each under a temporary folder, then times compiling the
+graph (10,000 configs), reading the results into the DataFrame, and the whole `build_reports` (tables, a heatmap,
+the HTML page). Not a test: the time depends on the machine; the README quotes what it printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+SWEEP = """
+name: bench
+title: 10,000 synthetic results
+overrides: [model=micro, data=fashion_mnist]
+stages:
+  finetune:
+    grid:
+      data.subset.seed: [{rows}]
+      optim.weight_decay: [{cols}]
+      seed: [{seeds}]
+layout: {{rows: [data.subset.seed], cols: [optim.weight_decay]}}
+figures:
+  - {{name: grid, kind: heatmap, stage: finetune, rows: data.subset.seed, cols: optim.weight_decay}}
+cells:
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10)
+    parser.add_argument("--cols", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=100)
+    args = parser.parse_args()
+
+    from harness.launch.commands import Request, compile_request
+    from harness.launch.state import observe
+    from harness.report.build import build_reports
+    from harness.report.collect import collect_graph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rows, cols = list(range(args.rows)), [round(0.01 * (c + 1), 2) for c in range(args.cols)]
+        text = SWEEP.format(rows=", ".join(map(str, rows)), cols=", ".join(map(str, cols)),
+                            seeds=", ".join(map(str, range(args.seeds))))  # fmt: skip
+        rng = random.Random(0)
+        for r in rows:
+            for c in cols:
+                text += f"  - {{stage: finetune, keys: {{data.subset.seed: {r}, optim.weight_decay: {c}}}, "
+                text += f"paper: {70 + rng.random() * 10:.1f}}}\n"
+        (tmp / "bench.yaml").write_text(text)
+        req = Request([str(tmp / "bench.yaml")], results=str(tmp / "results"))
+
+        start = time.perf_counter()
+        graph = compile_request(req)
+        compiled = time.perf_counter() - start
+        for job in graph.jobs.values():
+            job.run_dir.mkdir(parents=True)
+            (job.run_dir / "result.json").write_text(json.dumps({"top1": 70 + rng.random() * 10, "gpu_hours": 0.1}))
+        n = len(graph.jobs)
+
+        start = time.perf_counter()
+        df = collect_graph(graph, observe(graph, req.results_dir))
+        collected = time.perf_counter() - start
+
+        start = time.perf_counter()
+        build_reports(req, tmp / "reports", out=open("/dev/null", "w"))  # noqa: SIM115
+        whole = time.perf_counter() - start
+        print(f"{n} results, {len(df)} rows")
+        print(f"compile the graph ({n} configs): {compiled:.1f} s")
+        print(f"observe + collect into the DataFrame: {collected:.1f} s")
+        print(f"harness report (compile, collect, tables, figure, HTML): {whole:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
