@@ -95,6 +95,8 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
         if len(flagged):
             print(f"\n! {len(flagged)} cells ran with another protocol than the paper's (not compared): "
                   + "; ".join(sorted(set(flagged["lint"])))[:300], file=out)  # fmt: skip
+        if claims:
+            print("", file=out)
         for claim in claims:
             print(f"claim: {claim['claim']}: paper {claim['paper']}, ours {claim['ours']}", file=out)
         print(f"\nreport: {page}", file=out)
