@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,21 @@ def test_cluster_settings_stage_over_profile_and_command_line_over_all(tmp_path)
     assert params["slurm_signal_delay_s"] == 120 and "slurm_account" not in params
     with pytest.raises(SweepError, match="unknown cluster setting 'gpu'"):
         compile_request(Request([sweep], ["cluster.gpu=1"]))
+
+
+def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path):
+    from harness.launch.commands import Request, compile_request
+
+    sweep = write_sweep(tmp_path, TWO_STAGES)
+    req = Request([sweep], ["seed=1"], results=str(tmp_path / "results"))
+    first = compile_request(req)
+    (cached,) = (tmp_path / "results" / ".harness" / "graphs").glob("*.json")
+    again = compile_request(req)
+    assert [(j.id, j.container, j.run_dir, j.upstream, j.refs) for j in again.jobs.values()] == [
+        (j.id, j.container, j.run_dir, j.upstream, j.refs) for j in first.jobs.values()
+    ]
+    assert again.jobs[next(iter(again.jobs))].config.seed == 1
+    cached.write_text("{not json")  # a damaged cache is compiled again, not trusted
+    assert list(compile_request(req).jobs) == list(first.jobs)
+    Path(sweep).write_text(Path(sweep).read_text().replace("method=beit", "method=splitmask"))
+    assert not set(compile_request(req).jobs) & set(first.jobs)

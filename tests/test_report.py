@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -159,3 +160,21 @@ def test_report_writes_tables_figures_and_a_self_contained_page(tmp_path, capsys
     assert sum(t == "table" for t, _ in parser.tags) >= 3  # the layout, every cell, the claims
     assert not any(str(a.get("src", a.get("href", ""))).startswith("http") for _, a in parser.tags)
     assert "git sha" in page.read_text()
+
+
+def test_figures_are_drawn_again_only_when_what_they_plot_changes(tmp_path):
+    req, _ = _results(tmp_path)
+    with pytest.warns(UserWarning):
+        (page,) = build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
+    png = page.parent / "t1_bars.png"
+    drawn = png.stat().st_mtime_ns
+    with pytest.warns(UserWarning):
+        build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
+    assert png.stat().st_mtime_ns == drawn  # same results: the figure is not drawn again
+    graph = compile_request(req)
+    run = next(j for j in graph.jobs.values() if j.label == "method=dino pretrain_data=in_full seed=0").run_dir
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"top1": 77.0, "protocol": "finetune"}))
+    with pytest.warns(UserWarning):
+        build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
+    assert png.stat().st_mtime_ns != drawn

@@ -53,7 +53,8 @@ def compile_request(req: Request) -> Graph:
         else:
             job_overrides.append(item)
     sweeps = [load_sweep(path) for path in req.sweeps]
-    return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides, cluster_overrides)
+    cache = req.results_dir / ".harness" / "graphs"
+    return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides, cluster_overrides, cache)
 
 
 def _table(headers: list[str], rows: list[list]) -> str:

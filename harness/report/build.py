@@ -3,7 +3,9 @@ one self-contained HTML page, all from the run folders."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 import math
 import subprocess
 import sys
@@ -40,6 +42,31 @@ def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
+    """The sweep's figures as PNG (and SVG), drawn again only when what they plot changed: matplotlib and seaborn
+    take seconds to import and draw, and most reports are rebuilt with the same results."""
+    code = (Path(__file__).parent / "figures.py").read_bytes()
+    stale, pngs = [], []
+    for figure in sweep.figures:
+        rows = df[(df.stage == figure.stage) & (df.metric == figure.metric)] if len(df) else df
+        used = [c for c in ("cell_index", "value", "paper", "state") if c in rows.columns]
+        used += sorted(c for c in rows.columns if c.startswith("key."))
+        data = rows[used].to_csv(index=False).encode() if len(rows) else b""
+        key = hashlib.sha256(repr((figure, sweep.title)).encode() + code + data).hexdigest()
+        png, stamp = folder / f"{figure.name}.png", folder / f"{figure.name}.key"
+        pngs.append(png)
+        fresh = png.exists() and png.with_suffix(".svg").exists() and stamp.exists() and stamp.read_text() == key
+        if not fresh:
+            stale.append((figure, stamp, key))
+    if stale:
+        from harness.report.figures import render_figures  # matplotlib and seaborn: only when drawing
+
+        render_figures(dataclasses.replace(sweep, figures=tuple(f for f, _, _ in stale)), df, folder)
+        for _, stamp, key in stale:
+            atomic_write_text(stamp, key)
+    return pngs
+
+
 def _git_sha() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
@@ -51,7 +78,6 @@ def _git_sha() -> str:
 
 def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> list[Path]:
     """Write reports/<sweep>/ for every sweep of `req`; print each table; return the HTML pages' paths."""
-    from harness.report.figures import render_figures  # matplotlib: only here
     from harness.report.html import write_html
 
     out = out or sys.stdout
@@ -70,7 +96,7 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
         atomic_write_text(folder / "table.tex", latex(grid, sweep.title) + "\n")
         atomic_write_text(folder / "cells.csv", summary.to_csv(index=False))
         atomic_write_text(folder / "results.csv", mine.to_csv(index=False))
-        figures = [p for p in render_figures(sweep, mine, folder) if p.suffix == ".png"]
+        figures = _figures(sweep, mine, folder)
         claims = judge_claims(sweep, summary)
         jobs = mine.drop_duplicates("config_hash") if len(mine) else mine
         done = jobs[jobs.state == "done"] if len(jobs) else jobs

@@ -10,8 +10,11 @@ upstream's run folder as `pretrained=` and keeps the upstream's keys as part of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import CONF_DIR, Composer, ConfigError, config_hash
+from harness.io import atomic_write_text
 from harness.sweep.spec import CLUSTER_KEYS, Block, Stage, Sweep, SweepError, check_override
 
 __all__ = ["Graph", "Job", "Profile", "Ref", "compile_sweeps", "load_cluster", "load_profile"]
@@ -270,18 +274,68 @@ def compile_sweeps(
     cluster: dict[str, Any] | None = None,
     overrides: tuple[str, ...] | list[str] = (),
     cluster_overrides: dict[str, Any] | None = None,
+    cache: str | Path | None = None,
 ) -> Graph:
     """The job graph of `sweeps` (shared jobs once), with `overrides` (Hydra syntax) appended to every job.
 
     Cluster settings: `cluster` (a profile), then the `--profile`'s, then each stage's, then `cluster_overrides`
-    (the command line's `cluster.KEY=VALUE`), the last one winning.
+    (the command line's `cluster.KEY=VALUE`), the last one winning. With `cache` (a folder), a graph compiled
+    before from the very same inputs (sweep files, config tree, this code, arguments) is read back instead.
     """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     for item in overrides:
         check_override(item)
     cluster_cli = _check_cluster(dict(cluster_overrides or {}), "command line: cluster")
-    compiler = _Compiler(Path(results).resolve(), profile, dict(cluster or {}), cluster_cli, tuple(overrides))
+    results = Path(results).resolve()
+    path = None
+    if cache is not None:
+        key = _cache_key(sweeps, [str(results), profile, cluster, list(overrides), cluster_cli])
+        path = Path(cache) / f"{key}.json"
+        if path.exists():
+            try:
+                return Graph(sweeps=list(sweeps), jobs=_read_jobs(path))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged cache file: compile again
+    compiler = _Compiler(results, profile, dict(cluster or {}), cluster_cli, tuple(overrides))
     for sweep in sweeps:
         compiler.sweep(sweep)
+    if path is not None:
+        _write_jobs(path, compiler.jobs)
     return Graph(sweeps=list(sweeps), jobs=compiler.jobs)
+
+
+# Compiling 10,000 jobs costs seconds; plan / status / report read a compiled graph back when nothing changed.
+CACHE_KEEP = 8  # graph files kept per results folder (the most recently used)
+
+
+def _cache_key(sweeps: list[Sweep], arguments: list) -> str:
+    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=repr).encode())
+    code = Path(__file__).resolve().parent
+    inputs = [s.path for s in sweeps] + sorted(CONF_DIR.rglob("*.yaml")) + sorted(code.glob("*.py"))
+    for path in [*inputs, code.parent / "config.py"]:
+        digest.update(str(path).encode() + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _write_jobs(path: Path, jobs: dict[str, Job]) -> None:
+    records = [
+        {"id": j.id, "task": j.task, "container": j.container, "run_dir": str(j.run_dir), "upstream": j.upstream,
+         "cluster": j.cluster, "runnable": j.runnable, "refs": [dataclasses.asdict(r) for r in j.refs]}
+        for j in jobs.values()
+    ]  # fmt: skip
+    atomic_write_text(path, json.dumps({"jobs": records}))
+    old = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)[:-CACHE_KEEP]
+    for stale in old:
+        stale.unlink(missing_ok=True)
+
+
+def _read_jobs(path: Path) -> dict[str, Job]:
+    data = json.loads(path.read_text())
+    path.touch()  # most recently used
+    jobs = {}
+    for r in data["jobs"]:
+        refs = [Ref(**ref) for ref in r["refs"]]
+        jobs[r["id"]] = Job(r["id"], r["task"], r["container"], Path(r["run_dir"]), r["upstream"], r["cluster"],
+                            r["runnable"], refs)  # fmt: skip
+    return jobs
