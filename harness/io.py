@@ -11,6 +11,9 @@ from typing import IO
 
 __all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
 
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(f)` on a temporary file next to `path`, fsync it, then rename it over `path`."""
@@ -18,6 +21,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: results and reports are shared with colleagues
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -160,6 +160,9 @@ def test_report_writes_tables_figures_and_a_self_contained_page(tmp_path, capsys
     assert sum(t == "table" for t, _ in parser.tags) >= 3  # the layout, every cell, the claims
     assert not any(str(a.get("src", a.get("href", ""))).startswith("http") for _, a in parser.tags)
     assert "git sha" in page.read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert page.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by colleagues as any file they write
 
 
 def test_figures_are_drawn_again_only_when_what_they_plot_changes(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -98,18 +97,19 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
         atomic_write_text(folder / "results.csv", mine.to_csv(index=False))
         figures = _figures(sweep, mine, folder)
         claims = judge_claims(sweep, summary)
-        jobs = mine.drop_duplicates("config_hash") if len(mine) else mine
-        done = jobs[jobs.state == "done"] if len(jobs) else jobs
-        spent = float(done.gpu_hours.fillna(0).sum()) if len(done) else 0.0
+        sweep_jobs = sorted({job.id for _, job in graph.refs(sweep.name)})  # pre-trainings too
+        finished = [states[j].result for j in sweep_jobs if states[j].state == "done"]
+        gpu_hours = sum(r.get("gpu_hours") or 0.0 for r in finished)
+        device_hours = sum(r.get("device_hours") or 0.0 for r in finished)
         provenance = {
             "sweep file": str(sweep.path),
             "source of the paper's values": sweep.source or "-",
             "git sha": _git_sha(),
             "profile": req.profile or "none",
             "results": str(req.results_dir),
-            "jobs (config hashes)": f"{len(jobs)}: " + ", ".join(sorted(jobs.config_hash)) if len(jobs) else "0",
-            "finished runs": str(len(done)),
-            "GPU-hours spent": f"{spent:.2f}" if not math.isnan(spent) else "-",
+            "jobs (config hashes)": f"{len(sweep_jobs)}: " + ", ".join(sweep_jobs),
+            "finished runs": str(len(finished)),
+            "GPU-hours spent": f"{gpu_hours:.2f} (device-hours, CPU included: {device_hours:.2f})",
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         }
         tables = [(sweep.title, grid.reset_index()), ("Every cell", summary)]
