@@ -180,7 +180,12 @@ def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
     assert cost.estimate(sm).hours == pytest.approx(16 * 34.0, rel=1e-6)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "result.json").write_text('{"device_hours": 100.0, "epochs": 300}')
+    (run / "result.json").write_text('{"gpu_hours": 100.0, "device_hours": 100.0, "epochs": 300}')
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    (cpu / "result.json").write_text('{"gpu_hours": 0.0, "device_hours": 1.0, "epochs": 300}')
+    cost.calibrate(tmp_path, {cpu: cfg})
+    assert cost.estimate(cfg).source == "model"  # a CPU run says nothing about GPU-hours
     cost.calibrate(tmp_path, {run: cfg})
     estimate = cost.estimate(cfg)
     assert estimate.hours == pytest.approx(100.0) and estimate.source == "measured (1)"

@@ -73,11 +73,12 @@ class CostModel:
         self.measured: dict[tuple, list[float]] = {}
 
     def calibrate(self, results: Path, configs: dict[Path, DictConfig]) -> None:
-        """Read result.json of finished runs (`{run_dir: config}`): device-hours per image and epoch, by kind."""
+        """Read result.json of finished runs (`{run_dir: config}`): GPU-hours per image and epoch, by kind. Runs
+        on CPUs (gpu_hours 0) say nothing about GPUs and are left out."""
         for run_dir, cfg in configs.items():
             try:
                 result = json.loads((run_dir / "result.json").read_text())
-                hours, epochs = float(result["device_hours"]), float(result["epochs"])
+                hours, epochs = float(result["gpu_hours"]), float(result["epochs"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if hours > 0 and epochs > 0:
