@@ -1,9 +1,9 @@
 """`harness plan / run / status / report`: compare what the sweeps want with what exists, then act.
 
-    harness plan   sweeps/smoke.yaml                      # jobs per stage: done / running / to submit, GPU-hours
-    harness run    sweeps/smoke.yaml --executor local     # submit (or run here) what is missing; safe to repeat
-    harness status sweeps/smoke.yaml                      # one row per job; non-zero exit when something failed
-    harness report sweeps/smoke.yaml                      # reports/smoke/: tables, figures, claims, index.html
+harness plan   sweeps/smoke.yaml                      # jobs per stage: done / running / to submit, GPU-hours
+harness run    sweeps/smoke.yaml --executor local     # submit (or run here) what is missing; safe to repeat
+harness status sweeps/smoke.yaml                      # one row per job; non-zero exit when something failed
+harness report sweeps/smoke.yaml                      # reports/smoke/: tables, figures, claims, index.html
 """
 
 from __future__ import annotations
