@@ -28,6 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
+from harness.io import atomic_write
 from harness.sweep.spec import Figure, Sweep
 
 __all__ = ["draw_figure", "figure_points", "render_figures"]
@@ -60,8 +61,11 @@ def render_figures(sweep: Sweep, df: pd.DataFrame, out_dir: str | Path) -> list[
         with _style():
             fig = draw_figure(sweep, figure, df)
             png = out_dir / f"{figure.name}.png"
-            fig.savefig(png, dpi=DPI)
-            fig.savefig(png.with_suffix(".svg"), metadata={"Date": None})  # no date: same results, same file
+            atomic_write(png, lambda f, fig=fig: fig.savefig(f, format="png", dpi=DPI))
+            # no date in the SVG: same results, same file
+            atomic_write(
+                png.with_suffix(".svg"), lambda f, fig=fig: fig.savefig(f, format="svg", metadata={"Date": None})
+            )
             fig.clear()  # not a pyplot figure: nothing else holds it, clearing frees its artists right away
         paths.append(png)
     return paths
