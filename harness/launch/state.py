@@ -89,11 +89,8 @@ def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journ
     journal = journal or Journal(results)
     submissions = journal.latest()
     queue = queue or Queue()
-    need_queue = any(
-        s.executor == "slurm" and not (graph.jobs[j].run_dir / RESULT_FILE).exists()
-        for j, s in submissions.items()
-        if j in graph.jobs
-    )
+    found = {job.id: _read_result(job) for job in graph.jobs.values()}  # each result.json read once
+    need_queue = any(s.executor == "slurm" and found.get(j) is None for j, s in submissions.items() if j in graph.jobs)
     queue_error = None
     if need_queue:
         try:
@@ -102,7 +99,7 @@ def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journ
             queue_error = str(err)
     states = {}
     for job in graph.jobs.values():
-        states[job.id] = _state(job, submissions.get(job.id), queue, queue_error, results)
+        states[job.id] = _state(job, found[job.id], submissions.get(job.id), queue, queue_error, results)
     for job in graph.jobs.values():  # cancelled because the upstream failed: say so
         st = states[job.id]
         if st.state == "cancelled" and job.upstream and states[job.upstream].state in ("failed", "cancelled"):
@@ -110,8 +107,9 @@ def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journ
     return states
 
 
-def _state(job: Job, sub: Submission | None, queue: Queue, queue_error: str | None, results: Path) -> JobState:
-    result = _read_result(job)
+def _state(
+    job: Job, result: dict | None, sub: Submission | None, queue: Queue, queue_error: str | None, results: Path
+) -> JobState:
     if result is not None:
         return JobState(
             "done",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 from harness.io import atomic_write_text
 from harness.launch.commands import Request, compile_request
 from harness.launch.state import observe
+from harness.provenance import git_sha
 from harness.report.claims import NOT_ENOUGH, evaluate
 from harness.report.collect import collect_graph
 from harness.report.table import latex, layout, markdown, summarize
@@ -66,15 +66,6 @@ def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
     return pngs
 
 
-def _git_sha() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return done.stdout.strip() or "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
 def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> list[Path]:
     """Write reports/<sweep>/ for every sweep of `req`; print each table; return the HTML pages' paths."""
     from harness.report.html import write_html
@@ -104,7 +95,7 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
         provenance = {
             "sweep file": str(sweep.path),
             "source of the paper's values": sweep.source or "-",
-            "git sha": _git_sha(),
+            "git sha": git_sha() or "unknown",
             "profile": req.profile or "none",
             "results": str(req.results_dir),
             "jobs (config hashes)": f"{len(sweep_jobs)}: " + ", ".join(sweep_jobs),

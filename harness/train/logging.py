@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from harness.io import atomic_write_json, atomic_write_text
+from harness.provenance import git_sha
 
 __all__ = ["MetricsLog", "Progress", "write_env"]
 
@@ -79,15 +79,6 @@ class Progress:
             self.bar.close()
 
 
-def _git_sha() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
 def write_env(path: str | Path, world_size: int, device: torch.device) -> None:
     """git sha, package versions, device and world size of this (latest) start of the run."""
     versions = {}
@@ -99,7 +90,7 @@ def write_env(path: str | Path, world_size: int, device: torch.device) -> None:
     atomic_write_json(
         path,
         {
-            "git_sha": _git_sha(),
+            "git_sha": git_sha(),
             "python": platform.python_version(),
             "packages": versions,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
