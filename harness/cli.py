@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run (or resume) one training job in its run folder")
-    train.add_argument("task", choices=["pretrain", "finetune", "linear"])
+    train.add_argument("task", choices=["pretrain", "finetune", "linear", "detect", "segment"])
     train.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option (see harness/conf)")
     _sweep_args(sub.add_parser("plan", help="the job graph of sweeps: per stage done / running / to submit, GPU-h"))
     run = sub.add_parser("run", help="submit what the sweeps are missing; running it again submits nothing new")

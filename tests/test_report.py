@@ -181,3 +181,26 @@ def test_figures_are_drawn_again_only_when_what_they_plot_changes(tmp_path):
     with pytest.warns(UserWarning):
         build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
     assert png.stat().st_mtime_ns != drawn
+
+
+def test_quoted_cells_and_the_hours_metric(tmp_path):
+    """An external cell shows the paper's number alone; `wall_clock_hours` is read from a run's wall clock."""
+    text = """
+stages:
+  pretrain:
+    grid: {method: {splitmask: [method=splitmask]}}
+layout: {rows: [method], cols: [metric]}
+cells:
+  - {stage: pretrain, keys: {method: splitmask}, metric: wall_clock_hours, paper: 34.0, tolerance: 10}
+  - {external: "MoCo v3 (Chen et al. 2021), quoted", keys: {method: mocov3}, metric: top1, paper: 81.4}
+"""
+    sweep_path = write_sweep(tmp_path, text, "hours")
+    req = Request([sweep_path], [], results=str(tmp_path / "results"))
+    (job,) = compile_request(req).jobs.values()
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "result.json").write_text(json.dumps({"wall_clock_s": 30 * 3600.0}))
+    df = collect(req.sweeps, results=req.results)
+    assert list(df.value) == [30.0]  # the quoted cell has no job, hence no row
+    grid = layout(load_sweep(sweep_path), summarize(load_sweep(sweep_path), df))
+    assert grid.loc["splitmask", "wall_clock_hours"] == "30.0 (34.0, -4.0 =)"
+    assert grid.loc["mocov3", "top1"] == "quoted (81.4)"

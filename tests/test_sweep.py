@@ -126,8 +126,36 @@ def test_smoke_profile_swaps_datasets_and_shrinks_jobs(tmp_path):
     graph = compile_sweeps([load_sweep(path)], tmp_path, profile="smoke")
     (job,) = graph.jobs.values()
     assert job.config.data.name == "fashion_mnist"
+    assert job.config.data.stands_in_for == "imagenet"
     assert job.config.model.size == "micro"
-    assert job.config.optim.epochs == 1
+    assert job.config.optim.epochs == 300  # the paper's epochs stay; the job stops after a few iterations
+    assert job.config.optim.max_iters == 3
+
+
+def test_smoke_profile_keeps_distinct_datasets_models_and_epochs_distinct(tmp_path):
+    """Every paper dataset has its own stand-in, ViT-S and ViT-B stay two models, and epochs stay in the identity."""
+    path = write(
+        tmp_path,
+        """
+        stages:
+          pretrain:
+            grid:
+              data: {in1: [data=imagenet, data.subset.fraction=0.01], in_full: [data=imagenet],
+                     inat: [data=inat2019], cars: [data=stanford_cars], coco: [data=coco]}
+              model: {s: [model=small], b: [model=base]}
+              epochs: {short: [optim.epochs=100], long: ["optim.epochs=${parity:300}"]}
+        """,
+    )
+    real = compile_sweeps([load_sweep(path)], tmp_path, profile=None)
+    smoke = compile_sweeps([load_sweep(path)], tmp_path, profile="smoke")
+    assert len(real.jobs) == len(smoke.jobs) == 5 * 2 * 2
+    by_keys = {tuple(j.refs[0].keys.values()): j.config for j in smoke.jobs.values()}
+    assert {c.data.name for c in by_keys.values()} == {"fashion_mnist"}
+    cars = by_keys[("cars", "s", "long")]
+    assert cars.data.strong_aug and cars.data.method_args.splitmask.mask_ratio == 0.75  # the small-set recipe stays
+    assert by_keys[("in1", "b", "long")].model.args.depth == 12  # ViT-B's stand-in keeps 12 blocks to probe
+    # Iteration parity counts the images of the dataset a stand-in replaces: the paper's epochs, not Fashion-MNIST's.
+    assert [by_keys[(d, "s", "long")].optim.epochs for d in ("in1", "in_full", "coco")] == [30000, 300, 3000]
 
 
 @pytest.mark.parametrize(
@@ -180,16 +208,19 @@ def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
     assert cost.estimate(sm).hours == pytest.approx(16 * 34.0, rel=1e-6)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "result.json").write_text('{"gpu_hours": 100.0, "device_hours": 100.0, "epochs": 300}')
+    # 300 epochs of 625 steps at batch 2048 (the last partial batch of each epoch dropped)
+    (run / "result.json").write_text('{"gpu_hours": 100.0, "device_hours": 100.0, "epochs": 300, "iterations": 187500}')
     cpu = tmp_path / "cpu"
     cpu.mkdir()
-    (cpu / "result.json").write_text('{"gpu_hours": 0.0, "device_hours": 1.0, "epochs": 300}')
+    (cpu / "result.json").write_text('{"gpu_hours": 0.0, "device_hours": 1.0, "epochs": 300, "iterations": 187500}')
     cost.calibrate(tmp_path, {cpu: cfg})
     assert cost.estimate(cfg).source == "model"  # a CPU run says nothing about GPU-hours
     cost.calibrate(tmp_path, {run: cfg})
     estimate = cost.estimate(cfg)
-    assert estimate.hours == pytest.approx(100.0) and estimate.source == "measured (1)"
+    assert estimate.hours == pytest.approx(100.0, rel=1e-3) and estimate.source == "measured (1)"
     assert cost.estimate(sm).source == "model"
+    capped = compose(["method=splitmask", "model=base", "data=imagenet", "optim.max_iters=10"])
+    assert cost.estimate(capped).hours == pytest.approx(cost.estimate(sm).hours * 10 * 2048 / (300 * 1_281_167))
 
 
 @pytest.mark.parametrize(
@@ -201,6 +232,7 @@ def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
         ["task=pretrain", "method=dino", "+method.args.momentum_teacher=0.99", "optim.blr=2e-3", "seed=2"],
         ["task=finetune", "data=food101", "data.finetune.epochs=7", "optim.warmup_epochs=1"],  # interpolated
         ["task=finetune", "optim.batch_size=64", "seed=0"],  # a validated key
+        ["task=pretrain", "data=imagenet", "data.subset.fraction=0.1", "optim.epochs=${parity:300}"],  # a resolver
     ],
 )
 def test_fast_composer_gives_exactly_what_hydra_composes(overrides):
@@ -221,3 +253,68 @@ def test_fast_composer_reports_unknown_keys_as_hydra_does():
 
     with pytest.raises(ConfigError, match=r"did you mean 'optim\.epochs'"):
         Composer().container(["task=pretrain", "optim.epoch=3"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "epochs"),
+    [
+        (["data=imagenet"], 300),
+        (["data=imagenet", "data.subset.fraction=0.1"], 3000),  # FACTS §3.1: IN-10% 3k
+        (["data=imagenet", "data.subset.fraction=0.01"], 30000),  # IN-1% 30k
+        (["data=coco"], 3000),  # COCO 3k (3,249 exactly)
+        (["data=inat2019", "optim.epochs=${parity:300,2}"], 1400),  # two significant figures
+    ],
+)
+def test_parity_epochs_come_from_the_named_helper(overrides, epochs):
+    from harness.data import DATASETS, iteration_parity_epochs
+
+    typed = any(o.startswith("optim.epochs") for o in overrides)
+    items = overrides if typed else [*overrides, "optim.epochs=${parity:300}"]
+    cfg = compose(["task=pretrain", *items])
+    assert cfg.optim.epochs == epochs
+    fraction = cfg.data.subset.fraction or 1.0
+    significant = 2 if "300,2" in items[-1] else 1
+    expected = iteration_parity_epochs(round(DATASETS[cfg.data.name].train_size * fraction), significant=significant)
+    assert cfg.optim.epochs == expected
+
+
+def test_parity_refuses_a_subset_it_cannot_count():
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.subset\.fraction"):
+        compose(["task=pretrain", "data=imagenet", "data.subset.per_class=13", "optim.epochs=${parity:300}"])
+
+
+def test_dense_tasks_plan_as_not_runnable_with_the_reason(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        stages:
+          pretrain: {overrides: [model=small, data=coco]}
+          detect:
+            grid: {from: pretrain, target: {coco: [data=coco]}}
+        cells:
+          - {stage: detect, keys: {target: coco}, metric: box_ap, paper: 45.3}
+          - {external: "Liu et al. (NeurIPS 2021), quoted", keys: {method: liu}, paper: 60.6}
+        """,
+    )
+    sweep = load_sweep(path)
+    graph = compile_sweeps([sweep], tmp_path)
+    detect = next(j for j in graph.jobs.values() if j.task == "detect")
+    assert graph.jobs[detect.upstream].runnable is True
+    assert "dense-tasks issue" in detect.runnable and "Mask R-CNN" in detect.runnable
+    assert sweep.cells[1].external and sweep.cells[1].stage is None  # a quoted number: no stage, no job
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ('{external: "x", stage: pretrain, paper: 1}', r"cells\[0\]\.stage: an external cell .* no stage"),
+        ("{external: x}", r"cells\[0\]\.paper: an external cell is a quoted number"),
+        ("{external: 3, paper: 1}", r"cells\[0\]\.external: expected the source"),
+    ],
+)
+def test_external_cells_are_checked(tmp_path, cell, expected):
+    path = write(tmp_path, f"stages: {{pretrain: {{}}}}\ncells: [{cell}]\n")
+    with pytest.raises(SweepError, match=expected):
+        load_sweep(path)

@@ -262,3 +262,35 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     assert np.isfinite(result["final_loss"])
     state = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     assert state["encoder.blocks.0.attn.qkv.weight"].dtype == torch.float32
+
+
+@needs_data
+def test_max_iters_caps_a_run_and_still_evaluates(tmp_path):
+    """`optim.max_iters` (the smoke profile's) stops a fine-tuning early, evaluates it, and a rerun adds nothing."""
+    overrides = ["task=finetune", *TINY, "eval.per_class=5", "optim.epochs=300", "optim.max_iters=4"]
+    result = train(compose(overrides), tmp_path)
+    assert result["iterations"] == 4 and result["epochs"] == 300
+    assert result["final_epoch"] == pytest.approx(4 / 6) and result["top1"] is not None
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4]
+    train(compose(overrides), tmp_path)  # resumed at its end: no further step
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]
+
+
+def test_dense_tasks_compose_but_refuse_to_train(tmp_path):
+    cfg = compose(["task=detect", "data=coco", "model=small"])
+    assert cfg.method.name == "mask_rcnn" and cfg.optim.epochs == 36
+    with pytest.raises(ConfigError, match=r"task=detect: COCO detection .* dense-tasks issue"):
+        train(cfg, tmp_path)
+
+
+def test_dalle_tokenizer_without_weights_names_the_variable(tmp_path, monkeypatch):
+    from harness.train.build import DALLE_WEIGHTS_ENV, build_model
+
+    monkeypatch.delenv(DALLE_WEIGHTS_ENV, raising=False)
+    cfg = compose(["method=beit", "method.args.tokenizer=dalle", "model=micro"])
+    with pytest.raises(ConfigError, match=DALLE_WEIGHTS_ENV):
+        build_model(cfg)
+    monkeypatch.setenv(DALLE_WEIGHTS_ENV, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
+        build_model(cfg)

@@ -62,6 +62,22 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _read_cached(path: Path, magic: int) -> np.ndarray:
+    """`read_idx`, once per file version in a process (gunzipping the training images costs ~0.4 s; many small
+    jobs in one process, e.g. `harness run --executor debug`, read the same files). The arrays are read-only."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_idx(path, magic)  # read_idx names the missing file
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, magic)
+    if key not in _CACHE:
+        _CACHE[key] = read_idx(path, magic)
+    return _CACHE[key]
+
+
 def _find(root: Path, stem: str) -> Path:
     """`stem.gz` if present (Debian's files), else the uncompressed `stem`."""
     gz = root / f"{stem}.gz"
@@ -97,8 +113,8 @@ class FashionMNIST(Dataset):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         root, prefix = Path(root), _FILE_PREFIX[split]
         try:
-            images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"), IDX_IMAGES)
-            labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"), IDX_LABELS)
+            images = _read_cached(_find(root, f"{prefix}-images-idx3-ubyte"), IDX_IMAGES)
+            labels = _read_cached(_find(root, f"{prefix}-labels-idx1-ubyte"), IDX_LABELS)
         except DatasetError as e:
             raise dataset_error("fashion_mnist", root, str(e)) from e
         if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) >= len(self.classes):

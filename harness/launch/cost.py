@@ -1,4 +1,5 @@
-"""GPU-hours before running: epochs x images x seconds per image, calibrated by finished runs.
+"""GPU-hours before running: epochs x images x seconds per image, calibrated by finished runs (their iterations x
+batch size over their GPU-hours).
 
 The reference point is FACTS T6: BEiT pre-training of ViT-B/16 on ImageNet (1,281,167 images, 300 epochs) took
 32.5 h on 16 GPUs, i.e. 16 x 32.5 x 3600 / (300 x 1,281,167) = 4.9 ms of one GPU per image. Other models scale with
@@ -31,6 +32,10 @@ METHOD_FACTOR = {
     "supervised": 1.0,  # assumption: DeiT, one forward and backward over all tokens, as BEiT
     "classifier": 1.0,  # fine-tuning: one forward and backward over all tokens
     "linear": 0.35,  # assumption: a forward pass of the frozen encoder, about a third of forward + backward
+    # Dense tasks at their own resolution (the config's img_size is the classification one). Assumptions: Mask R-CNN
+    # at ~1333x800 is ~21x the tokens of 224x224, plus the heads; UperNet at 512x512 is ~5x, plus its decoder.
+    "mask_rcnn": 25.0,
+    "upernet": 8.0,
 }
 
 
@@ -78,15 +83,16 @@ class CostModel:
         for run_dir, cfg in configs.items():
             try:
                 result = json.loads((run_dir / "result.json").read_text())
-                hours, epochs = float(result["gpu_hours"]), float(result["epochs"])
+                hours, images = float(result["gpu_hours"]), float(result["iterations"]) * cfg.optim.batch_size
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if hours > 0 and epochs > 0:
-                per_image = hours * 3600 / (epochs * images_per_epoch(cfg))
-                self.measured.setdefault(_kind(cfg), []).append(per_image)
+            if hours > 0 and images > 0:
+                self.measured.setdefault(_kind(cfg), []).append(hours * 3600 / images)
 
     def estimate(self, cfg: DictConfig) -> Estimate:
         work = float(cfg.optim.epochs) * images_per_epoch(cfg)  # evaluation passes are left out: small
+        if cfg.optim.get("max_iters") is not None:  # a capped run (--profile smoke)
+            work = min(work, float(cfg.optim.max_iters) * cfg.optim.batch_size)
         samples = self.measured.get(_kind(cfg))
         if samples:
             return Estimate(work * statistics.median(samples) / 3600, f"measured ({len(samples)})")

@@ -53,6 +53,13 @@ def _metric_key(cell: Cell) -> str:
     return cell.metric
 
 
+def _metric(result: dict, key: str) -> float | None:
+    if key == "wall_clock_hours":  # T6's "Hours": the pre-training's wall clock
+        seconds = result.get("wall_clock_s")
+        return None if seconds is None else seconds / 3600
+    return result.get(key)
+
+
 def _read(run_dir: Path, state: JobState) -> tuple[dict | None, str]:
     path = run_dir / RESULT_FILE
     if not path.exists():
@@ -73,6 +80,8 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
     for sweep in graph.sweeps:
         for index, cell in enumerate(sweep.cells):
             label = " ".join(f"{k}={v}" for k, v in cell.keys.items()) or "-"
+            if cell.external is not None:
+                continue  # a quoted number: the table shows the paper's value alone
             for ref, job in graph.select(sweep.name, cell.stage, cell.keys):
                 if job.id not in cache:
                     st = states[job.id]  # observe() has parsed the result of a done job already
@@ -80,7 +89,7 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
                 result, state = cache[job.id]
                 value = math.nan
                 if result is not None:
-                    raw = result.get(_metric_key(cell))
+                    raw = _metric(result, _metric_key(cell))
                     if raw is None:
                         warnings.warn(f"{job.run_dir / RESULT_FILE}: no '{_metric_key(cell)}'", stacklevel=2)
                     else:

@@ -62,7 +62,7 @@ def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
         states = rows.state.value_counts().to_dict() if len(rows) else {}
         out.append({
             "cell_index": index,
-            "stage": cell.stage,
+            "stage": cell.stage or "external",
             "metric": cell.metric,
             **{f"key.{k}": v for k, v in cell.keys.items()},
             "n": len(values),
@@ -73,7 +73,7 @@ def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
             "tolerance": tolerance,
             "delta": delta,
             "verdict": verdict,
-            "state": ", ".join(f"{n} {s}" for s, n in states.items()),
+            "state": "quoted" if cell.external else ", ".join(f"{n} {s}" for s, n in states.items()),
             "lint": "; ".join(problems),
         })  # fmt: skip
     return pd.DataFrame(out)
@@ -81,7 +81,9 @@ def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
 
 def _display(row: pd.Series) -> str:
     paper = row["paper"]
-    if row["n"] == 0:
+    if row["state"] == "quoted":  # an external cell: the paper quotes another paper's number
+        ours = "quoted"
+    elif row["n"] == 0:
         pending = [s.split(" ", 1)[1] for s in row["state"].split(", ") if s and not s.endswith(" done")]
         ours = " / ".join(pending) or "no job"
     elif row["n"] == 1:

@@ -95,22 +95,23 @@ class Graph:
 
 @dataclass(frozen=True)
 class Profile:
-    """`--profile NAME` (harness/conf/profile/NAME.yaml): the same graph with other settings, e.g. micro scale."""
+    """`--profile NAME` (harness/conf/profile/NAME.yaml): the same graph with other settings, e.g. micro scale.
+
+    `replace` maps an override of the sweeps (`data=imagenet`, or `key=*` for any value of the key) to the overrides
+    that stand in for it, in place: distinct originals must get distinct stand-ins, or the graph loses jobs.
+    """
 
     name: str
     overrides: tuple[str, ...] = ()  # appended to every job
     tasks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # appended to the jobs of one task
-    datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # data=<name> replaced by these ("*": any)
+    replace: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, task: str, overrides: list[str]) -> list[str]:
         out = []
         for item in overrides:
-            key, _, value = item.partition("=")
-            if key == "data" and (value in self.datasets or "*" in self.datasets):
-                out += self.datasets.get(value, self.datasets.get("*", ()))
-            else:
-                out.append(item)
+            stand_in = self.replace.get(item, self.replace.get(item.partition("=")[0] + "=*"))
+            out += [item] if stand_in is None else stand_in
         return [*out, *self.overrides, *self.tasks.get(task, ())]
 
 
@@ -132,9 +133,9 @@ def load_profile(name: str | None) -> Profile:
         return Profile("none")
     path = CONF_DIR / "profile" / f"{name}.yaml"
     data = _read_yaml(path, "profile")
-    unknown = set(data) - {"overrides", "tasks", "datasets", "cluster"}
+    unknown = set(data) - {"overrides", "tasks", "replace", "cluster"}
     if unknown:
-        raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: overrides, tasks, datasets, cluster")
+        raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: overrides, tasks, replace, cluster")
 
     def overrides(value: Any, where: str) -> tuple[str, ...]:
         items = [value] if isinstance(value, str) else list(value or [])
@@ -146,7 +147,7 @@ def load_profile(name: str | None) -> Profile:
         name=name,
         overrides=overrides(data.get("overrides"), "overrides"),
         tasks={k: overrides(v, f"tasks.{k}") for k, v in (data.get("tasks") or {}).items()},
-        datasets={k: overrides(v, f"datasets.{k}") for k, v in (data.get("datasets") or {}).items()},
+        replace={k: overrides(v, f"replace.{k}") for k, v in (data.get("replace") or {}).items()},
         cluster=_check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
     )
 
@@ -243,6 +244,8 @@ class _Compiler:
         known: dict[str, dict[str, set[str]]] = {}
         combos: dict[tuple, set[tuple]] = {}
         for i, cell in enumerate(sweep.cells):
+            if cell.external is not None:
+                continue  # a quoted number: no job
             if cell.stage not in known:
                 known[cell.stage] = {}
                 for keys, _ in by_stage[cell.stage]:

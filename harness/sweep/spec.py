@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import CONF_DIR
+from harness.config import CONF_DIR, NOT_YET_TRAINABLE, TASKS
 
 __all__ = [
     "CLUSTER_KEYS", "Block", "Cell", "Claim", "Figure", "Stage", "Sweep", "SweepError", "check_override", "load_sweep",
@@ -45,15 +45,19 @@ CLUSTER_KEYS = (
     "additional",
 )
 BLOCK_KEYS = ("from", "where", "match", "overrides")
-CELL_KEYS = ("stage", "keys", "metric", "paper", "tolerance", "protocol", "note")
+CELL_KEYS = ("stage", "keys", "metric", "paper", "tolerance", "protocol", "note", "external")
 PROTOCOL_KEYS = ("task", "epochs", "pretrain_epochs", "img_size", "epoch", "layer", "note")
 LAYOUT_KEYS = ("rows", "cols")
 FIGURE_KEYS = (
     "name", "kind", "stage", "metric", "x", "hue", "facet", "rows", "cols", "title", "logx", "xlabel", "ylabel",
 )  # fmt: skip
 FIGURE_KINDS = ("line", "bar", "heatmap")
-METRICS = ("top1", "top5", "best_top1", "best_top5", "final_loss", "gpu_hours", "device_hours", "wall_clock_s")
-TASKS = ("pretrain", "finetune", "linear")  # detection and segmentation arrive with the dense-tasks issue
+METRICS = (
+    "top1", "top5", "best_top1", "best_top5", "final_loss", "gpu_hours", "device_hours", "wall_clock_s",
+    "wall_clock_hours",                                                     # wall_clock_s / 3600 (T6's "Hours")
+    "box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75",  # COCO (task detect)
+    "miou",                                                                 # ADE20k (task segment)
+)  # fmt: skip
 
 
 class SweepError(ValueError):
@@ -87,15 +91,20 @@ class Stage:
 
 @dataclass(frozen=True)
 class Cell:
-    """One number of the paper: which jobs produce it (stage + keys), the metric, the value and its protocol."""
+    """One number of the paper: which jobs produce it (stage + keys), the metric, the value and its protocol.
 
-    stage: str
+    An `external` cell is a number the paper quotes from elsewhere (MoCo v3's, Liu et al.'s): it names the source,
+    has no stage and no job, and the report shows the paper's value alone.
+    """
+
+    stage: str | None
     keys: dict[str, str]
     metric: str
     paper: float | None
     tolerance: float | None
     protocol: dict[str, Any]
     note: str | None = None
+    external: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,10 +231,13 @@ class _Reader:
         cells_data = data.get("cells") or []
         if not isinstance(cells_data, list):
             raise self.error("cells", "expected a list of cells")
-        cells = tuple(
-            self.cell(i, {**defaults, **self.mapping(c, f"cells[{i}]", CELL_KEYS)}, stages)
-            for i, c in enumerate(cells_data)
-        )
+        cells = []
+        for i, c in enumerate(cells_data):
+            spec = {**defaults, **self.mapping(c, f"cells[{i}]", CELL_KEYS)}
+            if spec.get("external") is not None and "stage" not in c:
+                spec.pop("stage", None)  # a quoted number has no stage, whatever the defaults say
+            cells.append(self.cell(i, spec, stages))
+        cells = tuple(cells)
         layout = self.mapping(data.get("layout"), "layout", LAYOUT_KEYS)
         figures_data = data.get("figures") or []
         if not isinstance(figures_data, list):
@@ -309,6 +321,8 @@ class _Reader:
         runnable = spec.get("runnable", True)
         if not isinstance(runnable, (bool, str)):
             raise self.error(f"{where}.runnable", "expected true, or a sentence saying why the stage cannot run yet")
+        if task in NOT_YET_TRAINABLE and runnable is True:
+            runnable = NOT_YET_TRAINABLE[task]  # planned and shown, not submitted
         return Stage(
             name=name,
             task=task,
@@ -383,7 +397,15 @@ class _Reader:
     def cell(self, i: int, spec: dict, stages: dict[str, Stage]) -> Cell:
         where = f"cells[{i}]"
         stage = spec.get("stage")
-        if stage not in stages:
+        external = spec.get("external")
+        if external is not None:
+            if not isinstance(external, str) or not external.strip():
+                raise self.error(f"{where}.external", "expected the source of a quoted number (a sentence)")
+            if spec.get("stage") is not None:
+                raise self.error(f"{where}.stage", "an external cell quotes another paper: it has no stage")
+            if spec.get("paper") is None:
+                raise self.error(f"{where}.paper", "an external cell is a quoted number: give its value")
+        elif stage not in stages:
             raise self.error(
                 f"{where}.stage",
                 f"unknown stage {stage!r}; {_closest(str(stage), list(stages))}stages: {', '.join(stages)}",
@@ -405,4 +427,5 @@ class _Reader:
             tolerance=None if spec.get("tolerance") is None else float(spec["tolerance"]),
             protocol=self.mapping(spec.get("protocol"), f"{where}.protocol", PROTOCOL_KEYS),
             note=spec.get("note"),
+            external=external,
         )

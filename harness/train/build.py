@@ -7,6 +7,7 @@ a SplitMask with 75% uniform masks fed by a strong-augmentation pipeline that dr
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -30,7 +31,12 @@ from harness.io import atomic_write
 from harness.train.loader import SeededTransformDataset
 from model.tokenizers import RandomPatchesTokenizer
 
+# The DALL-E dVAE encoder weights (scripts/convert_dalle.py) for `method.args.tokenizer=dalle`: where they live is
+# the cluster's business, like a dataset root, so it is read here and stays out of a job's identity.
+DALLE_WEIGHTS_ENV = "HARNESS_DALLE_WEIGHTS"
+
 __all__ = [
+    "DALLE_WEIGHTS_ENV",
     "ENCODER_FILE",
     "build_datasets",
     "build_model",
@@ -89,7 +95,16 @@ def build_model(cfg: DictConfig) -> nn.Module:
     if cfg.task == "pretrain":
         method_args |= _container(cfg.data.method_args).get(method, {})
         if method in ("splitmask", "beit") and method_args.get("tokenizer") == "dalle":
-            method_args.setdefault("tokenizer_kwargs", {}).update(mean=tuple(info.mean), std=tuple(info.std))
+            kwargs = method_args.setdefault("tokenizer_kwargs", {})
+            kwargs.update(mean=tuple(info.mean), std=tuple(info.std))
+            if not kwargs.get("allow_random_init") and "weights" not in kwargs:
+                if not os.environ.get(DALLE_WEIGHTS_ENV):
+                    raise ConfigError(
+                        f"method.args.tokenizer=dalle needs the DALL-E dVAE encoder weights: set ${DALLE_WEIGHTS_ENV} "
+                        "to the file `scripts/convert_dalle.py` makes from the official encoder.pkl (nothing is "
+                        "downloaded)"
+                    )
+                kwargs["weights"] = os.environ[DALLE_WEIGHTS_ENV]
         if method == "supervised":
             method_args.setdefault("num_classes", info.num_classes)
         return models.create(_registry_name(method, cfg.model.size), **_encoder_args(cfg), **method_args)

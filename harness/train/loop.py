@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.config import config_hash, derived, save_config
+from harness.config import NOT_YET_TRAINABLE, ConfigError, config_hash, derived, save_config
 from harness.io import atomic_write_json
 from harness.train import RESULT_FILE, checkpoint, distributed
 from harness.train.build import ENCODER_FILE, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
@@ -40,6 +40,8 @@ class NonFiniteLossError(RuntimeError):
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Run (or resume) the job in `run_dir`; returns result.json's content, or None when stopped early."""
+    if cfg.task in NOT_YET_TRAINABLE:
+        raise ConfigError(f"task={cfg.task}: {NOT_YET_TRAINABLE[cfg.task]}")
     ctx = distributed.setup(cfg.run.device)
     return Trainer(cfg, Path(run_dir), ctx).run()
 
@@ -77,6 +79,8 @@ class Trainer:
             )
         self.epochs = cfg.optim.epochs
         self.total = self.iters_per_epoch * self.epochs
+        if cfg.optim.max_iters is not None:  # a capped run: the schedules still span `epochs`
+            self.total = min(self.total, cfg.optim.max_iters)
         o = cfg.optim
         self.lr = CosineSchedule(self.d.lr, o.min_lr, o.warmup_epochs).array(self.epochs, self.iters_per_epoch)
         wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
@@ -213,6 +217,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         window = (start, time.perf_counter())
         it = start
+        if start >= self.total:  # a capped run stopped after its last step (optim.max_iters)
+            if self.eval_set is not None and not self.evals:
+                self.end_epoch(start / self.iters_per_epoch, start, progress, final=True)
+            return False
         done_epochs = start // self.iters_per_epoch
         at_epoch_end = start and start % self.iters_per_epoch == 0
         if at_epoch_end and self.eval_due(done_epochs) and done_epochs not in {e["epoch"] for e in self.evals}:
@@ -250,6 +258,9 @@ class Trainer:
                     return True
                 if it % cfg.log.checkpoint_every == 0:
                     self.save(it)
+                if it == self.total and it < self.iters_per_epoch * self.epochs:  # optim.max_iters
+                    self.end_epoch(it / self.iters_per_epoch, it, progress, final=True)
+                    return False
             self.end_epoch(epoch + 1, it, progress)
         return False
 
@@ -319,9 +330,9 @@ class Trainer:
     def eval_due(self, epoch: int) -> bool:
         return self.eval_set is not None and (epoch % self.cfg.eval.every_epochs == 0 or epoch == self.epochs)
 
-    def end_epoch(self, epoch: int, it: int, progress: Progress) -> None:
-        """Evaluate when due, then checkpoint (so the checkpoint knows the evaluation)."""
-        if self.eval_due(epoch):
+    def end_epoch(self, epoch: float, it: int, progress: Progress, final: bool = False) -> None:
+        """Evaluate when due (or `final`), then checkpoint (so the checkpoint knows the evaluation)."""
+        if self.eval_set is not None and (final or self.eval_due(epoch)):
             top1, top5 = evaluate(self.net, self.eval_set, self.ctx, self.d.batch_per_device, self.cfg, self.amp_dtype)
             self.evals.append({"epoch": epoch, "top1": top1, "top5": top5})
             if self.metrics is not None:
