@@ -131,3 +131,18 @@ def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path):
     assert list(compile_request(req).jobs) == list(first.jobs)
     Path(sweep).write_text(Path(sweep).read_text().replace("method=beit", "method=splitmask"))
     assert not set(compile_request(req).jobs) & set(first.jobs)
+
+
+def test_a_shared_job_gets_the_resources_its_stage_asks_for_whatever_the_order(tmp_path):
+    from harness.sweep import compile_sweeps, load_sweep
+
+    big = write_sweep(tmp_path, "stages: {pretrain: {overrides: [seed=3], cluster: {nodes: 2}}}", "big")
+    plain = write_sweep(tmp_path, "stages: {pretrain: {overrides: [seed=3]}}", "plain")
+    for order in ([big, plain], [plain, big]):
+        (job,) = compile_sweeps([load_sweep(p) for p in order], tmp_path).jobs.values()
+        assert job.cluster["nodes"] == 2
+    (job,) = compile_sweeps([load_sweep(big)], tmp_path, profile="smoke").jobs.values()
+    assert "nodes" not in job.cluster  # the smoke profile's micro jobs ignore per-stage resources
+    other = write_sweep(tmp_path, "stages: {pretrain: {overrides: [seed=3], cluster: {nodes: 4}}}", "other")
+    with pytest.raises(SweepError, match=r"cluster \{'nodes': 4\} differs from .*big.yaml: stages.pretrain"):
+        compile_sweeps([load_sweep(big), load_sweep(other)], tmp_path)

@@ -106,6 +106,7 @@ class Profile:
     tasks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # appended to the jobs of one task
     replace: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
+    stage_cluster: bool = True  # False: ignore the sweeps' per-stage cluster settings (micro jobs fit anywhere)
 
     def apply(self, task: str, overrides: list[str]) -> list[str]:
         out = []
@@ -133,9 +134,12 @@ def load_profile(name: str | None) -> Profile:
         return Profile("none")
     path = CONF_DIR / "profile" / f"{name}.yaml"
     data = _read_yaml(path, "profile")
-    unknown = set(data) - {"overrides", "tasks", "replace", "cluster"}
+    valid = ("overrides", "tasks", "replace", "cluster", "stage_cluster")
+    unknown = set(data) - set(valid)
     if unknown:
-        raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: overrides, tasks, replace, cluster")
+        raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(valid)}")
+    if not isinstance(data.get("stage_cluster", True), bool):
+        raise SweepError(f"{path}: stage_cluster: expected true or false")
 
     def overrides(value: Any, where: str) -> tuple[str, ...]:
         items = [value] if isinstance(value, str) else list(value or [])
@@ -149,6 +153,7 @@ def load_profile(name: str | None) -> Profile:
         tasks={k: overrides(v, f"tasks.{k}") for k, v in (data.get("tasks") or {}).items()},
         replace={k: overrides(v, f"replace.{k}") for k, v in (data.get("replace") or {}).items()},
         cluster=_check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
+        stage_cluster=data.get("stage_cluster", True),
     )
 
 
@@ -170,6 +175,7 @@ class _Compiler:
         self.results, self.profile, self.cli = results, profile, overrides
         self.cluster, self.cluster_cli = cluster, cluster_cli
         self.jobs: dict[str, Job] = {}
+        self.stage_cluster: dict[str, tuple[dict, str]] = {}  # job -> the stage cluster settings it got, and whose
         self.composer = Composer()  # compose is slow (~0.1 s): once per distinct set of non-grid overrides
 
     def sweep(self, sweep: Sweep) -> None:
@@ -223,6 +229,7 @@ class _Compiler:
             raise SweepError(f"{sweep.path}: {where}, job {cell}: {err}") from err
         job_id = config_hash(container)
         ref = Ref(sweep.name, stage.name, keys)
+        wanted = stage.cluster if self.profile.stage_cluster else {}
         if job_id not in self.jobs:
             runnable = stage.runnable if upstream is None or upstream.runnable is True else upstream.runnable
             self.jobs[job_id] = Job(
@@ -231,9 +238,19 @@ class _Compiler:
                 container=container,
                 run_dir=self.results / task / job_id,
                 upstream=upstream.id if upstream else None,
-                cluster={**self.cluster, **self.profile.cluster, **stage.cluster, **self.cluster_cli},
+                cluster={**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli},
                 runnable=runnable,
             )
+            self.stage_cluster[job_id] = (wanted, f"{sweep.path}: stages.{stage.name}")
+        elif wanted:  # a shared job: the stage that sets its resources decides, whichever sweep comes first
+            first, where_first = self.stage_cluster[job_id]
+            if first and first != wanted:
+                raise SweepError(
+                    f"{sweep.path}: stages.{stage.name}.cluster {wanted} differs from {where_first}.cluster {first} "
+                    f"for the same job ({job_id}): give the shared job one cluster setting"
+                )
+            self.jobs[job_id].cluster = {**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli}
+            self.stage_cluster[job_id] = (wanted, f"{sweep.path}: stages.{stage.name}")
         job = self.jobs[job_id]
         if ref not in job.refs:
             job.refs.append(ref)
