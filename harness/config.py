@@ -182,7 +182,9 @@ class Composer:
         """The resolved config of `overrides` as a plain dict (validated as `compose` does)."""
         head, tail = list(overrides), []
         keys = [o.lstrip("+~").split("=", 1)[0] for o in head]
-        while head and keys.count(keys[-1]) == 1 and (plain := self._plain(head[-1])) is not None:
+        # An interpolation among the overrides (`optim.epochs=${parity:300}`) may read any key: no plain tail then.
+        interpolated = any("${" in o for o in head)
+        while head and not interpolated and keys.count(keys[-1]) == 1 and (plain := self._plain(head[-1])) is not None:
             tail.insert(0, plain)
             head.pop()
             keys.pop()

@@ -234,6 +234,7 @@ def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
         ["task=finetune", "optim.batch_size=64", "seed=0"],  # a validated key
         ["task=pretrain", "data=imagenet", "data.subset.fraction=0.1", "optim.epochs=${parity:300}"],  # a resolver
         ["optim.warmup_epochs=1", "task=finetune", "data=food101", "+method.args.extra=1", "seed=4"],  # values first
+        ["model=small", "optim.epochs=${parity:300}", "data=imagenet", "data.subset.fraction=0.01"],  # read by it
     ],
 )
 def test_fast_composer_gives_exactly_what_hydra_composes(overrides):
