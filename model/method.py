@@ -40,12 +40,14 @@ class CosineSchedule:
     warmup_epochs: float = 0.0
     warmup_start: float = 0.0
 
-    def array(self, epochs: float, iters_per_epoch: int) -> np.ndarray:
-        """One value per iteration, `round(epochs * iters_per_epoch)` of them."""
+    def array(self, epochs: float, iters_per_epoch: int, length: int | None = None) -> np.ndarray:
+        """One value per iteration, `round(epochs * iters_per_epoch)` of them; only the first `length` if given (a
+        run capped at a few iterations of a long schedule)."""
         total = max(1, round(epochs * iters_per_epoch))
         warmup = min(total, round(self.warmup_epochs * iters_per_epoch))
-        ramp = np.linspace(self.warmup_start, self.base, warmup, endpoint=False) if warmup else np.empty(0)
-        steps = np.arange(total - warmup)
+        n = total if length is None else max(0, min(total, length))
+        ramp = np.linspace(self.warmup_start, self.base, warmup, endpoint=False)[:n] if warmup else np.empty(0)
+        steps = np.arange(max(0, n - warmup))
         span = max(1, total - warmup - 1)
         decay = self.final + 0.5 * (self.base - self.final) * (1 + np.cos(math.pi * steps / span))
         return np.concatenate([ramp, decay])

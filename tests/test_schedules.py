@@ -36,3 +36,10 @@ class TestCosine:
 
     def test_fractional_epochs(self):
         assert len(CosineSchedule(1.0, 0.0, warmup_epochs=0.5).array(epochs=1.5, iters_per_epoch=10)) == 15
+
+    @pytest.mark.parametrize("length", [0, 3, 150, 250, 400])
+    def test_the_first_values_alone_are_the_full_schedules_first_values(self, length):
+        """A run capped at `length` steps (optim.max_iters) computes only those, the same as the full schedule's."""
+        schedule = CosineSchedule(base=1e-3, final=1e-5, warmup_epochs=1)
+        full = schedule.array(epochs=5, iters_per_epoch=50)
+        np.testing.assert_array_equal(schedule.array(5, 50, length), full[:length])

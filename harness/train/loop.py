@@ -82,12 +82,11 @@ class Trainer:
         if cfg.optim.max_iters is not None:  # a capped run: the schedules still span `epochs`
             self.total = min(self.total, cfg.optim.max_iters)
         o = cfg.optim
-        self.lr = CosineSchedule(self.d.lr, o.min_lr, o.warmup_epochs).array(self.epochs, self.iters_per_epoch)
+        schedule = (self.epochs, self.iters_per_epoch, self.total)  # the values of the steps this run takes
+        self.lr = CosineSchedule(self.d.lr, o.min_lr, o.warmup_epochs).array(*schedule)
         wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
-        self.wd = CosineSchedule(o.weight_decay, wd_end).array(self.epochs, self.iters_per_epoch)
-        self.method_values = {
-            name: spec.array(self.epochs, self.iters_per_epoch) for name, spec in self.net.schedules().items()
-        }
+        self.wd = CosineSchedule(o.weight_decay, wd_end).array(*schedule)
+        self.method_values = {name: spec.array(*schedule) for name, spec in self.net.schedules().items()}
         self.optimizer = build_optimizer(self.net, cfg, self.d.lr, self.device)
         # Groups built without weight decay (norms, biases, embeddings) never get any.
         self.decayed_groups = [g for g in self.optimizer.param_groups if g["weight_decay"] > 0]
