@@ -129,7 +129,7 @@ def test_smoke_profile_swaps_datasets_and_shrinks_jobs(tmp_path):
     assert job.config.data.stands_in_for == "imagenet"
     assert job.config.model.size == "micro"
     assert job.config.optim.epochs == 300  # the paper's epochs stay; the job stops after a few iterations
-    assert job.config.optim.max_iters == 3
+    assert job.config.optim.max_iters == 2
 
 
 def test_smoke_profile_keeps_distinct_datasets_models_and_epochs_distinct(tmp_path):

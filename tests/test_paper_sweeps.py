@@ -1,0 +1,136 @@
+"""Every paper table and figure as a sweep: each compiles, keeps its graph under the smoke profile, shares its jobs
+with the other sweeps, takes its epochs from the parity rule, and runs end to end into a report (--profile smoke).
+
+The end-to-end test writes the reports of every paper sweep to reports/smoke-profile/<sweep>/ (not committed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.data import DATASETS, iteration_parity_epochs
+from harness.launch import commands
+from harness.launch.commands import Request, compile_request
+from harness.launch.queue import Queue
+from harness.launch.state import observe
+from harness.report.build import build_reports, judge_claims
+from harness.report.claims import HOLDS
+from harness.report.table import summarize
+from harness.sweep import compile_sweeps, load_sweep
+from tests.helpers import needs_data
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "smoke")
+# The figures whose x-axis is the pre-training length type their epochs; every other pre-training is at parity.
+EPOCH_FIGURES = {"fig_how_long", "fig3_cars_length"}
+SMOKE_REPORTS = ROOT / "reports" / "smoke-profile"
+
+
+def _shape(graph) -> Counter:
+    """What a graph is made of, whatever the configs: (sweep, stage, cell keys) of every job, and the jobs per task."""
+    refs = Counter((r.sweep, r.stage, tuple(sorted(r.keys.items()))) for j in graph.jobs.values() for r in j.refs)
+    return refs + Counter(j.task for j in graph.jobs.values())
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
+def test_each_paper_sweep_compiles_and_keeps_its_graph_under_the_smoke_profile(path, tmp_path):
+    sweep = load_sweep(path)
+    real = compile_sweeps([sweep], tmp_path)
+    smoke = compile_sweeps([sweep], tmp_path, profile="smoke")
+    assert _shape(real) == _shape(smoke)
+    assert len(real.jobs) == len(smoke.jobs)
+
+
+def test_the_same_pretraining_in_several_sweeps_is_one_job(tmp_path):
+    graph = compile_sweeps([load_sweep(p) for p in PAPER], tmp_path)
+    by_recipe: dict[tuple, set[str]] = {}
+    for job in graph.jobs.values():
+        if job.task != "pretrain":
+            continue
+        c = job.container
+        args = c["method"]["args"]
+        variant = "".join(k[0] for k in ("split", "inpaint", "match") if args.get(k, True))  # T6's switches
+        recipe = (c["method"]["name"], args.get("tokenizer"), variant, c["model"]["size"], c["data"]["name"],
+                  c["data"]["subset"]["fraction"], c["optim"]["epochs"])  # fmt: skip
+        assert recipe not in by_recipe, f"two pre-training jobs for {recipe}: their configs differ somewhere else"
+        by_recipe[recipe] = {r.sweep for r in job.refs}
+    assert {"t6_ablation", "fig2_linear_layers", "t4_imagenet", "t5_target", "t3_coco", "ade20k"} <= by_recipe[
+        ("beit", "dalle", "sim", "base", "imagenet", None, 300)
+    ]
+    assert {"t1_sample_efficiency", "fig_sample_efficiency", "t5_target", "robustness", "t3_coco"} <= by_recipe[
+        ("supervised", None, "sim", "small", "imagenet", None, 300)
+    ]
+    assert {"t1_sample_efficiency", "fig_how_long", "fig_sample_efficiency"} <= by_recipe[
+        ("splitmask", "random_projection", "sim", "small", "imagenet", 0.1, 3000)
+    ]
+    assert {"t1_sample_efficiency", "robustness", "t3_coco"} <= by_recipe[
+        ("splitmask", "random_projection", "sim", "small", "coco", None, 3000)
+    ]
+    assert {"t5_target", "robustness", "fig3_cars_length"} <= by_recipe[
+        ("splitmask", "random_projection", "sim", "small", "stanford_cars", None, 5000)
+    ]
+    total = sum(len(compile_sweeps([load_sweep(p)], tmp_path).jobs) for p in PAPER)
+    assert len(graph.jobs) < total  # shared jobs counted once
+
+
+def test_pretraining_epochs_come_from_the_parity_rule(tmp_path):
+    """ImageNet (and its subsets) and COCO pre-trainings run at iteration parity, computed, never typed."""
+    graph = compile_sweeps([load_sweep(p) for p in PAPER], tmp_path)
+    checked = 0
+    for job in graph.jobs.values():
+        data = job.container["data"]
+        if job.task != "pretrain" or data["name"] not in ("imagenet", "coco"):
+            continue
+        if {r.sweep for r in job.refs} <= EPOCH_FIGURES:
+            continue  # an x-axis value of a pre-training-length figure
+        images = round(DATASETS[data["name"]].train_size * (data["subset"]["fraction"] or 1.0))
+        assert job.container["optim"]["epochs"] == iteration_parity_epochs(images), job.label
+        checked += 1
+    assert checked >= 20
+    for path in PAPER:
+        if path.stem in EPOCH_FIGURES:
+            continue
+        typed = {int(n) for n in re.findall(r"optim\.epochs=(\d+)", path.read_text())}
+        assert not typed & {300, 3000, 30000}, f"{path}: a parity number typed by hand; write ${{parity:300}}"
+
+
+def test_every_claim_holds_on_the_papers_numbers():
+    import pandas as pd
+
+    for path in PAPER:
+        sweep = load_sweep(path)
+        for claim in judge_claims(sweep, summarize(sweep, pd.DataFrame())):
+            assert claim["paper"] == HOLDS, f"{path.name}: '{claim['claim']}' on the paper's numbers: {claim}"
+
+
+@needs_data
+def test_every_paper_sweep_runs_under_the_smoke_profile_into_its_report(tmp_path_factory):
+    """The whole paper at micro scale, in this process (`--executor debug`: a job costs a second, where a process
+    per job would cost its imports, ~7 s), then every sweep's report."""
+    results = tmp_path_factory.mktemp("paper") / "results"
+    req = Request([str(p) for p in PAPER], [], profile="smoke", results=str(results))
+    assert commands.run(req, "debug") == 0
+    graph = compile_request(req)
+    states = observe(graph, req.results_dir, Queue())
+    counts = Counter(s.state for s in states.values())
+    runnable = sum(1 for j in graph.jobs.values() if j.runnable is True)
+    assert counts["done"] == runnable and counts["done"] + counts["not runnable"] == len(graph.jobs), counts
+
+    with open(results / "report.txt", "w") as printed:
+        pages = build_reports(req, SMOKE_REPORTS, out=printed)
+    assert [p.parent.name for p in pages] == [load_sweep(p).name for p in PAPER]
+    for path in PAPER:
+        sweep = load_sweep(path)
+        folder = SMOKE_REPORTS / sweep.name
+        assert (folder / "index.html").stat().st_size > 0
+        table = (folder / "table.md").read_text()
+        for cell in sweep.cells:
+            assert f"({cell.paper:.1f}" in table, f"{path.name}: paper value {cell.paper} missing from its table"
+        dense = [c for c in sweep.cells if c.stage in ("detect", "segment")]
+        assert ("not runnable" in table) == bool(dense)
+        for figure in sweep.figures:
+            assert (folder / f"{figure.name}.png").is_file()
