@@ -36,8 +36,8 @@ def _shape(graph) -> Counter:
     return refs + Counter(j.task for j in graph.jobs.values())
 
 
-@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
-def test_each_paper_sweep_compiles_and_keeps_its_graph_under_the_smoke_profile(path, tmp_path):
+@pytest.mark.parametrize("path", [*PAPER, ROOT / "sweeps" / "smoke.yaml"], ids=[*(p.stem for p in PAPER), "smoke"])
+def test_each_sweep_compiles_and_keeps_its_graph_under_the_smoke_profile(path, tmp_path):
     sweep = load_sweep(path)
     real = compile_sweeps([sweep], tmp_path)
     smoke = compile_sweeps([sweep], tmp_path, profile="smoke")

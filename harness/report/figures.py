@@ -306,7 +306,8 @@ def _heatmap(figure: Figure, points: pd.DataFrame) -> MplFigure:
     for facet, sub, (ax_ours, ax_delta) in panels:
         grid = sub.set_index(["row", "col"])
         ours, std, paper = (_matrix(grid[c], rows, cols) for c in ("mean", "std", "paper"))
-        states = grid["state"].unstack("col").reindex(index=rows, columns=cols).fillna("no cell").to_numpy()
+        states = grid["state"].unstack("col").reindex(index=rows, columns=cols).astype(object)
+        states = states.fillna("no cell").to_numpy()
         delta = ours - paper
         ours_text = _text(ours, "{:.1f}") + np.where(np.isnan(std), "", _text(std, "\n±{:.1f}"))
         _heat(ax_ours, ours, ours_text, "crest", *lims, label)
