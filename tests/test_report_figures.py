@@ -178,3 +178,18 @@ def test_html_page_is_self_contained(sweep, results, tmp_path):
         "verdict holds", "verdict fails", "verdict holds", "verdict insufficient",
     ]  # fmt: skip
     assert "Table 1 <finetune>" in text and "efficiency" in text
+
+
+@pytest.mark.parametrize(
+    ("numbers", "logx", "spread"),
+    [
+        ([0, 100, 300, 500, 1000, 1500, 2000, 2500, 3000, 5000], False, False),  # F-how-long: labels would collide
+        ([3000, 5000, 10000, 15000], False, True),  # F3
+        ([1, 10, 100], True, True),  # F-sample on a log axis
+        ([1, 2, 4, 6, 8, 10, 11, 12], False, True),  # F2's blocks
+    ],
+)
+def test_a_tick_per_value_only_when_the_labels_fit(numbers, logx, spread):
+    from harness.report.figures import _spread_out
+
+    assert _spread_out(numbers, logx) is spread

@@ -228,6 +228,14 @@ def _mark_missing(ax, pos, paper) -> None:
                 transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
 
 
+def _spread_out(numbers: list[float], logx: bool) -> bool:
+    """True when no two x values are closer than 1/15 of the axis (F-how-long's 0, 100, 300, 500 ... 5000 are not)."""
+    values = np.log10(numbers) if logx else np.asarray(numbers, dtype=float)
+    values = np.sort(values)
+    span = values[-1] - values[0]
+    return bool(len(values) < 2 or span == 0 or np.diff(values).min() >= span / 15)
+
+
 def _line(figure: Figure, points: pd.DataFrame) -> MplFigure:
     xs = _order(points["x"])
     numbers = _numbers(xs)
@@ -255,8 +263,8 @@ def _line(figure: Figure, points: pd.DataFrame) -> MplFigure:
         if logx:
             ax.set_xscale("log")
             ax.xaxis.set_minor_locator(NullLocator())
-        if len(xs) <= 12 or not numbers:
-            ax.set_xticks([pos[x] for x in xs], xs)
+        if not numbers or (len(xs) <= 12 and _spread_out(numbers, logx)):
+            ax.set_xticks([pos[x] for x in xs], xs)  # one tick per value, unless labels would collide
         if not numbers:
             ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xlabel(figure.xlabel or figure.x)
