@@ -61,10 +61,12 @@ def _parity(reference_epochs: int, significant: int = 1, *, _root_: DictConfig) 
     IN-10% and COCO, 30k on IN-1%). The images are the official train size of `data.name` (of the dataset a
     `--profile` stand-in replaces: `data.stands_in_for`), times `data.subset.fraction`. `${parity:300,2}` keeps two
     significant figures, for the datasets whose epochs the paper does not state."""
-    from harness.data import DATASETS, iteration_parity_epochs  # lazy: composing a config needs no torch
+    from harness.data import DATASETS, iteration_parity_epochs  # lazy: only the configs that use it import torch
 
     data = _root_.data
     name = data.get("stands_in_for") or data.name
+    if name not in DATASETS:
+        raise ConfigError(f"${{parity:...}}: unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
     subset = data.subset
     if subset.split_file is not None or subset.per_class is not None:
         raise ConfigError(

@@ -275,6 +275,11 @@ def test_max_iters_caps_a_run_and_still_evaluates(tmp_path):
     assert sorted(losses) == [1, 2, 3, 4]
     train(compose(overrides), tmp_path)  # resumed at its end: no further step
     assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]
+    # Stopped right after its last step, before the evaluation: the rerun evaluates and finishes, and trains nothing.
+    stopped = tmp_path / "stopped"
+    assert train(compose([*overrides, "log.stop_after=4"]), stopped) is None
+    again = train(compose(overrides), stopped)
+    assert again["iterations"] == 4 and again["top1"] == result["top1"] and sorted(_losses(stopped)) == [1, 2, 3, 4]
 
 
 def test_dense_tasks_compose_but_refuse_to_train(tmp_path):

@@ -81,6 +81,7 @@ class Trainer:
         self.total = self.iters_per_epoch * self.epochs
         if cfg.optim.max_iters is not None:  # a capped run: the schedules still span `epochs`
             self.total = min(self.total, cfg.optim.max_iters)
+        self.capped = self.total < self.iters_per_epoch * self.epochs
         o = cfg.optim
         schedule = (self.epochs, self.iters_per_epoch, self.total)  # the values of the steps this run takes
         self.lr = CosineSchedule(self.d.lr, o.min_lr, o.warmup_epochs).array(*schedule)
@@ -216,9 +217,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         window = (start, time.perf_counter())
         it = start
-        if start >= self.total:  # a capped run stopped after its last step (optim.max_iters)
-            if self.eval_set is not None and not self.evals:
-                self.end_epoch(start / self.iters_per_epoch, start, progress, final=True)
+        if self.capped and start >= self.total:  # stopped after its last step (optim.max_iters), maybe unevaluated
+            epoch = start / self.iters_per_epoch
+            if self.eval_set is not None and not any(e["epoch"] == epoch for e in self.evals):
+                self.end_epoch(epoch, start, progress, final=True)
             return False
         done_epochs = start // self.iters_per_epoch
         at_epoch_end = start and start % self.iters_per_epoch == 0
@@ -257,7 +259,7 @@ class Trainer:
                     return True
                 if it % cfg.log.checkpoint_every == 0:
                     self.save(it)
-                if it == self.total and it < self.iters_per_epoch * self.epochs:  # optim.max_iters
+                if self.capped and it == self.total:  # optim.max_iters
                     self.end_epoch(it / self.iters_per_epoch, it, progress, final=True)
                     return False
             self.end_epoch(epoch + 1, it, progress)
