@@ -111,7 +111,7 @@ class Composer:
     """Many configs that differ in a few plain values (a sweep's grid), fast, and exactly as `compose` makes them.
 
     - Hydra composes each set of group options (`task=`, `data=`, `method=`, `model=`) once; the other overrides
-      are applied to a copy with Hydra's own function, then resolved and validated (~10 ms instead of ~0.2 s).
+      are applied to a copy with Hydra's own function, then resolved and validated (~15 ms instead of ~0.2 s).
     - A trailing `key=value` is set on a copy of the resolved config of the overrides before it when nothing can
       tell the difference: the key exists as a plain value, no interpolation of the config tree refers to it (or
       to a parent or a child of it), and `_validate` does not read it (~0.1 ms).
@@ -175,10 +175,7 @@ class Composer:
 
         if any(related(key, r) for r in self.referenced) or any(related(key, v) for v in VALIDATED_KEYS):
             return None
-        value = override.value()
-        if isinstance(value, str) and "${" in value:
-            return None  # an interpolation (`${parity:300}`): resolved by compose
-        return key, value
+        return key, override.value()
 
     def container(self, overrides: Sequence[str]) -> dict:
         """The resolved config of `overrides` as a plain dict (validated as `compose` does)."""

@@ -66,15 +66,16 @@ _CACHE: dict[tuple, np.ndarray] = {}
 
 
 def _read_cached(path: Path, magic: int) -> np.ndarray:
-    """`read_idx`, once per file version in a process (gunzipping the training images costs ~0.4 s; many small
-    jobs in one process, e.g. `harness run --executor debug`, read the same files). The arrays are read-only."""
+    """`read_idx` as a writable array (torch wants one), once per file version in a process: gunzipping the training
+    images costs ~0.4 s and copying them ~13 ms, and many small jobs in one process (`harness run --executor debug`)
+    read the same files. Datasets share the array and never write to it."""
     try:
         stat = path.stat()
     except OSError:
         return read_idx(path, magic)  # read_idx names the missing file
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, magic)
     if key not in _CACHE:
-        _CACHE[key] = read_idx(path, magic)
+        _CACHE[key] = read_idx(path, magic).copy()  # frombuffer's array is read-only
     return _CACHE[key]
 
 
@@ -124,7 +125,7 @@ class FashionMNIST(Dataset):
                 f"inconsistent files: images {images.shape}, labels {labels.shape} with max {labels.max(initial=0)}",
             )
         self.split, self.transform = split, transform
-        self.data = torch.from_numpy(images.copy())  # copy: frombuffer's array is read-only
+        self.data = torch.from_numpy(images)  # shared with the other datasets of this file (never written)
         self.targets = torch.from_numpy(labels.astype(np.int64))
 
     def __len__(self) -> int:

@@ -230,6 +230,7 @@ class _Compiler:
         job_id = config_hash(container)
         ref = Ref(sweep.name, stage.name, keys)
         wanted = stage.cluster if self.profile.stage_cluster else {}
+        cluster = {**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli}
         if job_id not in self.jobs:
             runnable = stage.runnable if upstream is None or upstream.runnable is True else upstream.runnable
             self.jobs[job_id] = Job(
@@ -238,7 +239,7 @@ class _Compiler:
                 container=container,
                 run_dir=self.results / task / job_id,
                 upstream=upstream.id if upstream else None,
-                cluster={**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli},
+                cluster=cluster,
                 runnable=runnable,
             )
             self.stage_cluster[job_id] = (wanted, f"{sweep.path}: stages.{stage.name}")
@@ -249,7 +250,7 @@ class _Compiler:
                     f"{sweep.path}: stages.{stage.name}.cluster {wanted} differs from {where_first}.cluster {first} "
                     f"for the same job ({job_id}): give the shared job one cluster setting"
                 )
-            self.jobs[job_id].cluster = {**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli}
+            self.jobs[job_id].cluster = cluster
             self.stage_cluster[job_id] = (wanted, f"{sweep.path}: stages.{stage.name}")
         job = self.jobs[job_id]
         if ref not in job.refs:
