@@ -42,8 +42,8 @@ def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
 
 
 def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
-    """The sweep's figures as PNG (and SVG), drawn again only when what they plot changed: matplotlib and seaborn
-    take seconds to import and draw, and most reports are rebuilt with the same results."""
+    """The sweep's figures as PNG (and SVG), drawn again only when what they plot changed: matplotlib takes
+    seconds to import and draw, and a report is often rebuilt with the same results."""
     code = (Path(__file__).parent / "figures.py").read_bytes()
     stale, pngs = [], []
     for figure in sweep.figures:
@@ -58,7 +58,7 @@ def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
         if not fresh:
             stale.append((figure, stamp, key))
     if stale:
-        from harness.report.figures import render_figures  # matplotlib and seaborn: only when drawing
+        from harness.report.figures import render_figures  # matplotlib: only when drawing
 
         render_figures(dataclasses.replace(sweep, figures=tuple(f for f, _, _ in stale)), df, folder)
         for _, stamp, key in stale:

@@ -10,7 +10,6 @@ upstream's run folder as `pretrained=` and keeps the upstream's keys as part of 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import itertools
@@ -342,7 +341,7 @@ def _cache_key(sweeps: list[Sweep], arguments: list) -> str:
 def _write_jobs(path: Path, jobs: dict[str, Job]) -> None:
     records = [
         {"id": j.id, "task": j.task, "container": j.container, "run_dir": str(j.run_dir), "upstream": j.upstream,
-         "cluster": j.cluster, "runnable": j.runnable, "refs": [dataclasses.asdict(r) for r in j.refs]}
+         "cluster": j.cluster, "runnable": j.runnable, "refs": [vars(r) for r in j.refs]}
         for j in jobs.values()
     ]  # fmt: skip
     atomic_write_text(path, json.dumps({"jobs": records}))
