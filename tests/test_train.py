@@ -282,6 +282,22 @@ def test_max_iters_caps_a_run_and_still_evaluates(tmp_path):
     assert again["iterations"] == 4 and again["top1"] == result["top1"] and sorted(_losses(stopped)) == [1, 2, 3, 4]
 
 
+@needs_data
+def test_eval_batch_size_changes_neither_the_accuracy_nor_the_identity(tmp_path, monkeypatch):
+    """`loader.eval_batch_size` (the smoke profile's 100) evaluates in larger batches than the training's."""
+    import harness.train.loop as loop
+
+    batches, evaluate = [], loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda net, data, ctx, batch, *rest: batches.append(batch) or evaluate(
+        net, data, ctx, batch, *rest))  # fmt: skip
+    overrides = ["task=finetune", *TINY, "eval.per_class=5", "optim.max_iters=2"]
+    default = train(compose(overrides), tmp_path / "default")
+    larger = train(compose([*overrides, "loader.eval_batch_size=50"]), tmp_path / "larger")
+    assert batches == [32, 50]  # the training's per-process batch, then the one asked for: 2 batches of 50 images, 1
+    assert larger["top1"] == default["top1"] and larger["top5"] == default["top5"]
+    assert config_hash(compose(overrides)) == config_hash(compose([*overrides, "loader.eval_batch_size=50"]))
+
+
 def test_dense_tasks_compose_but_refuse_to_train(tmp_path):
     cfg = compose(["task=detect", "data=coco", "model=small"])
     assert cfg.method.name == "mask_rcnn" and cfg.optim.epochs == 36

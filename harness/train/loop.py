@@ -334,7 +334,8 @@ class Trainer:
     def end_epoch(self, epoch: float, it: int, progress: Progress, final: bool = False) -> None:
         """Evaluate when due (or `final`), then checkpoint (so the checkpoint knows the evaluation)."""
         if self.eval_set is not None and (final or self.eval_due(epoch)):
-            top1, top5 = evaluate(self.net, self.eval_set, self.ctx, self.d.batch_per_device, self.cfg, self.amp_dtype)
+            batch = self.cfg.loader.get("eval_batch_size") or self.d.batch_per_device  # get: older saved configs
+            top1, top5 = evaluate(self.net, self.eval_set, self.ctx, batch, self.cfg, self.amp_dtype)
             self.evals.append({"epoch": epoch, "top1": top1, "top5": top5})
             if self.metrics is not None:
                 self.metrics.write({"it": it, "epoch": epoch, "eval": True, "top1": top1, "top5": top5})
