@@ -108,6 +108,7 @@ def test_every_claim_holds_on_the_papers_numbers():
 
 
 @needs_data
+@pytest.mark.timeout(600)  # 214 jobs and 12 reports: ~150 s on 2 cores, more on a busy one
 def test_every_paper_sweep_runs_under_the_smoke_profile_into_its_report(tmp_path_factory):
     """The whole paper at micro scale, in this process (`--executor debug`: a job costs a second, where a process
     per job would cost its imports, ~7 s), then every sweep's report."""
