@@ -123,9 +123,11 @@ def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path):
     first = compile_request(req)
     (cached,) = (tmp_path / "results" / ".harness" / "graphs").glob("*.json")
     again = compile_request(req)
-    assert [(j.id, j.container, j.run_dir, j.upstream, j.refs) for j in again.jobs.values()] == [
-        (j.id, j.container, j.run_dir, j.upstream, j.refs) for j in first.jobs.values()
+    assert [(j.id, j.container, list(j.container), j.run_dir, j.upstream, j.refs) for j in again.jobs.values()] == [
+        (j.id, j.container, list(j.container), j.run_dir, j.upstream, j.refs) for j in first.jobs.values()
     ]
+    parts = json.loads(cached.read_text())["parts"]  # each distinct top-level entry written once
+    assert len(parts) == len({json.dumps(p) for p in parts}) < sum(len(j.container) for j in first.jobs.values())
     assert again.jobs[next(iter(again.jobs))].config.seed == 1
     cached.write_text("{not json")  # a damaged cache is compiled again, not trusted
     assert list(compile_request(req).jobs) == list(first.jobs)
