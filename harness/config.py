@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.catalog import DATASETS, iteration_parity_epochs
 from harness.io import atomic_write_text
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -57,12 +58,10 @@ class ConfigError(ValueError):
 
 def _parity(reference_epochs: int, significant: int = 1, *, _root_: DictConfig) -> int:
     """`optim.epochs=${parity:300}`: the epochs over this job's training images that make as many iterations as
-    `reference_epochs` over ImageNet-1k (`harness.data.iteration_parity_epochs`; FACTS §3.1: 300 on ImageNet, 3k on
+    `reference_epochs` over ImageNet-1k (`harness.catalog.iteration_parity_epochs`; FACTS §3.1: 300 on ImageNet, 3k on
     IN-10% and COCO, 30k on IN-1%). The images are the official train size of `data.name` (of the dataset a
     `--profile` stand-in replaces: `data.stands_in_for`), times `data.subset.fraction`. `${parity:300,2}` keeps two
     significant figures, for the datasets whose epochs the paper does not state."""
-    from harness.data import DATASETS, iteration_parity_epochs  # lazy: only the configs that use it import torch
-
     data = _root_.data
     name = data.get("stands_in_for") or data.name
     if name not in DATASETS:

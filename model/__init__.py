@@ -20,7 +20,7 @@ from torch import nn
 from model.beit import BEiT
 from model.dino import DINO
 from model.heads import Classifier, LinearProbe, param_groups
-from model.method import CosineSchedule, Method
+from model.method import Method, Schedule
 from model.splitmask import SplitMask
 from model.tokenizers import TOKENIZERS, Tokenizer, create_tokenizer
 from model.vit import SIZES, ViT, vit
@@ -31,9 +31,9 @@ __all__ = [
     "TOKENIZERS",
     "BEiT",
     "Classifier",
-    "CosineSchedule",
     "LinearProbe",
     "Method",
+    "Schedule",
     "SplitMask",
     "Tokenizer",
     "ViT",

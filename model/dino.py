@@ -22,7 +22,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from model.method import CosineSchedule, Method
+from model.method import Method, Schedule
 from model.vit import ViT
 
 __all__ = ["DINO", "DINOHead"]
@@ -120,13 +120,16 @@ class DINO(Method):
         self.global_crops_scale, self.local_crops_scale = tuple(global_crops_scale), tuple(local_crops_scale)
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.freeze_last_layer, self.export_teacher = freeze_last_layer, export_teacher
-        self._teacher_temp_schedule = CosineSchedule(
+        # DINO's teacher temperature is a per-epoch schedule (linear warm-up, then constant); its momentum a
+        # per-iteration cosine to 1.
+        self._teacher_temp_schedule = Schedule(
             base=teacher_temp,
             final=teacher_temp,
             warmup_epochs=warmup_teacher_temp_epochs,
             warmup_start=warmup_teacher_temp,
+            per_epoch=True,
         )
-        self._momentum_schedule = CosineSchedule(base=momentum_teacher, final=1.0)
+        self._momentum_schedule = Schedule(base=momentum_teacher, final=1.0)
         # First values of the schedules, so that forward works before the loop sets them.
         self.teacher_temp = float(warmup_teacher_temp if warmup_teacher_temp_epochs > 0 else teacher_temp)
         self.teacher_momentum = float(momentum_teacher)
@@ -144,12 +147,8 @@ class DINO(Method):
 
     # ---------------------------------------------------------------------------------------------------------
     # contract with the training loop
-    def schedules(self) -> dict[str, CosineSchedule]:
+    def schedules(self) -> dict[str, Schedule]:
         return {"teacher_temp": self._teacher_temp_schedule, "teacher_momentum": self._momentum_schedule}
-
-    def teacher_backbone(self) -> ViT:
-        """The teacher's ViT, the one DINO evaluates (k-NN, linear probe, fine-tuning)."""
-        return self.teacher_encoder
 
     @property
     def export_encoder(self) -> ViT:

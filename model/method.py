@@ -7,7 +7,7 @@ logging interval, so the step has no host synchronisation.
 Everything else is optional and has a no-op default:
 
 - `schedules()`: per-iteration values the method needs besides lr and weight decay (DINO's teacher temperature and
-  teacher momentum). The loop precomputes each as an array, and before every step calls
+  teacher momentum), each declared as a `Schedule`. The loop precomputes each as an array, and before every step calls
   `set_schedule_values(name=value, ...)`, which sets them as plain float attributes.
 - `after_backward(epoch)`: between backward and the optimiser step (DINO cancels its last layer's gradient during
   the first epoch).
@@ -18,39 +18,25 @@ Everything else is optional and has a no-op default:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
-__all__ = ["CosineSchedule", "Method"]
+__all__ = ["Method", "Schedule"]
 
 
 @dataclass(frozen=True)
-class CosineSchedule:
-    """Linear warm-up from `warmup_start` to `base` over `warmup_epochs`, then half-cosine from `base` to `final`.
-
-    DINO's `cosine_scheduler`: with `base == final` it is a warm-up followed by a constant (the teacher
-    temperature); with no warm-up it is a plain cosine (the teacher momentum 0.996 -> 1).
-    """
+class Schedule:
+    """A value a method needs at every iteration, declared here and computed by the loop
+    (`harness/train/schedules.py`): a linear warm-up from `warmup_start` to `base` over `warmup_epochs`, then a
+    half-cosine from `base` to `final` (DINO's `cosine_scheduler`). `per_epoch`: the value changes once an epoch, as
+    DINO's teacher-temperature schedule, which is indexed by epoch."""
 
     base: float
     final: float
     warmup_epochs: float = 0.0
     warmup_start: float = 0.0
-
-    def array(self, epochs: float, iters_per_epoch: int, length: int | None = None) -> np.ndarray:
-        """One value per iteration, `round(epochs * iters_per_epoch)` of them; only the first `length` if given (a
-        run capped at a few iterations of a long schedule)."""
-        total = max(1, round(epochs * iters_per_epoch))
-        warmup = min(total, round(self.warmup_epochs * iters_per_epoch))
-        n = total if length is None else max(0, min(total, length))
-        ramp = np.linspace(self.warmup_start, self.base, warmup, endpoint=False)[:n] if warmup else np.empty(0)
-        steps = np.arange(max(0, n - warmup))
-        span = max(1, total - warmup - 1)
-        decay = self.final + 0.5 * (self.base - self.final) * (1 + np.cos(math.pi * steps / span))
-        return np.concatenate([ramp, decay])
+    per_epoch: bool = False
 
 
 class Method(nn.Module):
@@ -62,7 +48,7 @@ class Method(nn.Module):
     def export_encoder(self) -> nn.Module:
         return self.encoder
 
-    def schedules(self) -> dict[str, CosineSchedule]:
+    def schedules(self) -> dict[str, Schedule]:
         return {}
 
     def set_schedule_values(self, **values: float) -> None:

@@ -205,7 +205,7 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> Non
     trainer = Trainer(compose([*TINY, "optim.epochs=1"]), Path(run_dir), ctx)
     trainer.run()
     torch.save(trainer.net.state_dict(), Path(out) / f"rank{rank}.pt")
-    distributed.teardown()
+    torch.distributed.destroy_process_group()
 
 
 @needs_data

@@ -6,18 +6,17 @@ in1 = class_balanced_subset(train, split_file="1percent.txt")    # PAWS/SimCLR s
 view = pretrain_transform(224, DATASETS["imagenet"].mean, DATASETS["imagenet"].std)
 """
 
-from harness.data.datasets import (
+from harness.catalog import (
     DATA_ROOT_ENV,
     DATASETS,
     DATASETS_FILE_ENV,
     DatasetError,
     DatasetInfo,
-    ImageList,
-    build_dataset,
-    dataset_root,
+    iteration_parity_epochs,
 )
+from harness.data.datasets import ImageList, build_dataset, dataset_root
 from harness.data.fashion_mnist import FashionMNIST, read_idx
-from harness.data.subsets import class_balanced_subset, iteration_parity_epochs, sample_paths, targets_of
+from harness.data.subsets import class_balanced_subset, sample_paths, targets_of
 from harness.data.transforms import (
     MaskedView,
     MultiCropTransform,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,164 +27,13 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = [
-    "DATASETS",
-    "DATASETS_FILE_ENV",
-    "DATA_ROOT_ENV",
-    "DatasetError",
-    "DatasetInfo",
-    "ImageList",
-    "build_dataset",
-    "dataset_error",
-    "dataset_root",
-]
+from harness.catalog import DATA_ROOT_ENV, DATASETS, DATASETS_FILE_ENV, DatasetError, DatasetInfo, dataset_error
+from harness.data.fashion_mnist import FashionMNIST
 
-DATA_ROOT_ENV = "HARNESS_DATA_ROOT"
-DATASETS_FILE_ENV = "HARNESS_DATASETS_FILE"
+__all__ = ["DEBIAN_FASHION_MNIST", "ImageList", "build_dataset", "dataset_root"]
+
 # Where Debian's `dataset-fashion-mnist` package installs the files (its documented location).
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-# ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD), used for every RGB dataset as BEiT/DeiT/DINO do.
-_RGB_MEAN, _RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class DatasetError(FileNotFoundError, ValueError):
-    """A dataset is missing or malformed. Both a `FileNotFoundError` and a `ValueError`, so either `except` works."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the harness knows about a dataset before reading it.
-
-    `train_size` is the official number of training images (what iteration parity is computed from); `num_classes` is
-    0 for an unlabelled pre-training set; `layout` describes the expected files under the dataset root; `dirname` is
-    the folder looked for under `$HARNESS_DATA_ROOT`.
-    """
-
-    name: str
-    num_classes: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train_size: int
-    layout: str
-    dirname: str
-
-    @property
-    def image_mode(self) -> str:
-        """PIL mode of the images a dataset yields: "L" (grey) or "RGB"."""
-        return "L" if self.in_chans == 1 else "RGB"
-
-
-def _domainnet(domain: str, train_size: int) -> DatasetInfo:
-    return DatasetInfo(
-        domain,
-        345,
-        3,
-        _RGB_MEAN,
-        _RGB_STD,
-        train_size,
-        f"the official DomainNet release: {domain}/<class>/*.jpg beside {domain}_train.txt and {domain}_test.txt, "
-        f"whose lines read `{domain}/<class>/<file>.jpg <label>`",
-        "domainnet",
-    )
-
-
-def _inat(year: int, num_classes: int, train_size: int) -> DatasetInfo:
-    return DatasetInfo(
-        f"inat{year}",
-        num_classes,
-        3,
-        _RGB_MEAN,
-        _RGB_STD,
-        train_size,
-        f"the official iNaturalist {year} release: train{year}.json and val{year}.json (COCO-style annotations whose "
-        f"file_name entries are relative to the root) beside train_val{year}/<supercategory>/<category id>/*.jpg",
-        f"inat{year}",
-    )
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo(
-            "fashion_mnist",
-            10,
-            1,
-            (0.2860,),
-            (0.3530,),
-            60_000,
-            "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (gzip IDX files, as installed by Debian's "
-            "dataset-fashion-mnist package)",
-            "fashion-mnist",
-        ),
-        DatasetInfo(
-            "imagenet",
-            1000,
-            3,
-            _RGB_MEAN,
-            _RGB_STD,
-            1_281_167,
-            "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (torchvision ImageFolder: one sub-folder per class; the "
-            "validation images must be sorted into class folders too)",
-            "imagenet",
-        ),
-        _inat(2018, 8142, 437_513),
-        _inat(2019, 1010, 265_213),
-        DatasetInfo(
-            "food101",
-            101,
-            3,
-            _RGB_MEAN,
-            _RGB_STD,
-            75_750,
-            "food-101/meta/{train,test}.json and food-101/images/<class>/*.jpg (the official archive, read by "
-            "torchvision Food101; the root may be the food-101 folder itself or the folder holding it)",
-            "food-101",
-        ),
-        DatasetInfo(
-            "stanford_cars",
-            196,
-            3,
-            _RGB_MEAN,
-            _RGB_STD,
-            8_144,
-            "stanford_cars/devkit/{cars_train_annos.mat,cars_meta.mat}, stanford_cars/cars_train/*.jpg, "
-            "stanford_cars/cars_test/*.jpg and stanford_cars/cars_test_annos_withlabels.mat (torchvision "
-            "StanfordCars; the root may be the stanford_cars folder itself or the folder holding it)",
-            "stanford_cars",
-        ),
-        DatasetInfo(
-            "coco",
-            0,
-            3,
-            _RGB_MEAN,
-            _RGB_STD,
-            118_287,
-            "train2017/*.jpg and val2017/*.jpg (unlabelled; with annotation_file=, e.g. "
-            "annotations/instances_train2017.json, the image list is read from that file's `images`)",
-            "coco",
-        ),
-        # DomainNet train splits of the current ("cleaned") release; see the note at the end of the module.
-        _domainnet("clipart", 33_525),
-        _domainnet("painting", 50_416),
-        _domainnet("sketch", 48_212),
-        DatasetInfo(
-            "ade20k",
-            0,
-            3,
-            _RGB_MEAN,
-            _RGB_STD,
-            20_210,
-            "images/training/*.jpg and images/validation/*.jpg of ADEChallengeData2016 (unlabelled; the root may be "
-            "the ADEChallengeData2016 folder itself or the folder holding it)",
-            "ADEChallengeData2016",
-        ),
-    )
-}
-# Note on DomainNet: the paper quotes Clipart 34k, Painting 52k and Sketch 49k training images (FACTS §2). The
-# cleaned split files (the ones on the DomainNet site today) have 33,525 / 50,416 / 48,212; the original release had
-# about 1.4% / 4.6% / 1.8% more images per domain, which fits the paper's 52k and 49k better. Either release loads.
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -196,21 +44,6 @@ def _check_name(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
-
-
-def _how_to_point(info: DatasetInfo) -> str:
-    return (
-        f"Point the harness at it with root=..., with a datasets file (roots_file=... or ${DATASETS_FILE_ENV}; a YAML "
-        f"mapping such as `{info.name}: /path/to/{info.dirname}`), or with ${DATA_ROOT_ENV} (it then looks in "
-        f"${DATA_ROOT_ENV}/{info.dirname})."
-    )
-
-
-def dataset_error(name: str, path: Path | None, problem: str) -> DatasetError:
-    """The one error of a missing or malformed dataset: the dataset, the path, the problem, the layout, the fix."""
-    info = DATASETS[name]
-    where = f"at {path}" if path is not None else "(no location configured)"
-    return DatasetError(f"dataset {name!r} {where}: {problem}\nExpected layout: {info.layout}.\n{_how_to_point(info)}")
 
 
 def _read_datasets_file(path: Path) -> dict[str, Path]:
@@ -358,7 +191,6 @@ def _list_images(folder: Path, suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".p
 
 
 def _fashion_mnist(info: DatasetInfo, root: Path, split: str, transform: Callable | None = None) -> Dataset:
-    from harness.data.fashion_mnist import FashionMNIST  # imported here: that module imports this one
 
     return FashionMNIST(root, split, transform=transform)
 

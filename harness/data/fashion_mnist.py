@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from harness.data.datasets import DatasetError, dataset_error
+from harness.catalog import DatasetError, dataset_error
 
 __all__ = ["IDX_IMAGES", "IDX_LABELS", "FashionMNIST", "read_idx"]
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from harness.data.datasets import DatasetError
+from harness.catalog import DatasetError, iteration_parity_epochs
 
 __all__ = ["class_balanced_subset", "iteration_parity_epochs", "sample_paths", "targets_of"]
 
@@ -121,26 +120,3 @@ def class_balanced_subset(
             raise ValueError(f"class {label} has {len(members)} images, fewer than per_class={per_class}")
         chosen.append(rng.choice(members, count, replace=False))
     return Subset(dataset, np.sort(np.concatenate(chosen)).tolist())
-
-
-def iteration_parity_epochs(
-    num_images: int,
-    reference_epochs: int = 300,
-    reference_images: int = 1_281_167,
-    significant: int | None = 1,
-) -> int:
-    """Epochs over `num_images` that make as many iterations, at equal batch size, as `reference_epochs` over
-    `reference_images` (ImageNet-1k), rounded to `significant` significant figures (None: to the nearest integer).
-
-    The paper holds the number of pre-training iterations constant (FACTS §3.1): 300 epochs on ImageNet-full, 3k on
-    IN-10%, 30k on IN-1% and 3k on COCO (118,287 images). Those are the exact ratios rounded to one significant
-    figure: COCO's exact value is 3,249. Always at least 1.
-    """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    epochs = reference_epochs * reference_images / num_images
-    if significant is not None:
-        if significant < 1:
-            raise ValueError(f"significant must be >= 1 or None, got {significant}")
-        epochs = round(epochs, significant - 1 - math.floor(math.log10(epochs)))
-    return max(1, round(epochs))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "barrier", "seed_everything", "setup", "teardown"]
+__all__ = ["Dist", "barrier", "seed_everything", "setup"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,6 @@ def setup(device: str = "auto") -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=dev)
-
-
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def barrier() -> None:

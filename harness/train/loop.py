@@ -25,11 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import NOT_YET_TRAINABLE, ConfigError, config_hash, derived, save_config
 from harness.io import atomic_write_json
-from harness.train import RESULT_FILE, checkpoint, distributed
+from harness.train import RESULT_FILE, checkpoint, distributed, schedules
 from harness.train.build import ENCODER_FILE, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
 from harness.train.loader import EpochSampler, build_loader, shard_indices
 from harness.train.logging import MetricsLog, Progress, write_env
-from model.method import CosineSchedule
 
 __all__ = ["RESULT_FILE", "NonFiniteLossError", "Trainer", "evaluate", "train"]
 
@@ -84,10 +83,10 @@ class Trainer:
         self.capped = self.total < self.iters_per_epoch * self.epochs
         o = cfg.optim
         schedule = (self.epochs, self.iters_per_epoch, self.total)  # the values of the steps this run takes
-        self.lr = CosineSchedule(self.d.lr, o.min_lr, o.warmup_epochs).array(*schedule)
+        self.lr = schedules.cosine(self.d.lr, o.min_lr, *schedule[:2], warmup_epochs=o.warmup_epochs, length=self.total)
         wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
-        self.wd = CosineSchedule(o.weight_decay, wd_end).array(*schedule)
-        self.method_values = {name: spec.array(*schedule) for name, spec in self.net.schedules().items()}
+        self.wd = schedules.cosine(o.weight_decay, wd_end, *schedule[:2], length=self.total)
+        self.method_values = {name: schedules.array(spec, *schedule) for name, spec in self.net.schedules().items()}
         self.optimizer = build_optimizer(self.net, cfg, self.d.lr, self.device)
         # Groups built without weight decay (norms, biases, embeddings) never get any.
         self.decayed_groups = [g for g in self.optimizer.param_groups if g["weight_decay"] > 0]
