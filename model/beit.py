@@ -16,7 +16,7 @@ from model.masking import BlockMasking, num_masked_for
 from model.method import Method
 from model.mim import build_tokenizer, check_counts, positions, sample_masks, token_loss
 from model.tokenizers import Tokenizer
-from model.vit import ViT
+from model.vit import Init, ViT, beit_init_, beit_trunc_normal_
 
 __all__ = ["BEiT"]
 
@@ -32,7 +32,13 @@ class BEiT(Method):
         mask_ratio: fraction of patches masked; BEiT masks 75 of 196 patches, 75/196 = 0.383.
         min_block, max_block, min_aspect: block shape (BEiT: 16 patches minimum, no maximum, aspect 0.3).
         tokenizer_kwargs: extra arguments for `create_tokenizer` (e.g. the DALL-E weights file).
+        init: how the MIM head starts (an assumption: the paper does not say). "timm": truncated normal of std
+            0.02 cut at +-2 (effectively std 0.02), bias 0. "beit": BEiT's init (unilm/beit modeling_pretrain.py),
+            the weight cut at +-0.02 (effective std 0.0108), bias 0; the encoder's mask token, which only BEiT
+            uses, is re-drawn the same way. None (default): the encoder's `init`.
     """
+
+    views = "masked"  # an image and its mask, drawn in the data-loader workers
 
     def __init__(
         self,
@@ -44,17 +50,25 @@ class BEiT(Method):
         max_block: int | None = None,
         min_aspect: float = 0.3,
         tokenizer_kwargs: dict | None = None,
+        init: Init | None = None,
     ) -> None:
         super().__init__()
         if encoder.mask_token is None:
             raise ValueError("BEiT needs an encoder with a mask token: build the ViT with use_mask_token=True")
+        init = init or encoder.init_scheme
+        if init not in ("timm", "beit"):
+            raise ValueError(f"init must be 'timm' or 'beit', got {init!r}")
         self.encoder = encoder
         self.tokenizer = build_tokenizer(tokenizer, vocab_size, encoder, **(tokenizer_kwargs or {}))
         num_masked = num_masked_for(encoder.num_patches, mask_ratio)
         self.mask_generator = BlockMasking(encoder.grid_size, num_masked, min_block, max_block, min_aspect)
         self.head = nn.Linear(encoder.embed_dim, self.tokenizer.vocab_size)
-        trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        if init == "beit":
+            beit_init_(self.head)
+            beit_trunc_normal_(encoder.mask_token)
+        else:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Masked-token prediction loss.

@@ -77,6 +77,8 @@ class DINO(Method):
     global size, rounded to a whole number of patches (at least one): 96 for 224/16, 12 for the 28/4 micro ViT.
     """
 
+    views = "multi_crop"
+
     def __init__(
         self,
         encoder: ViT,

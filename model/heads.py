@@ -50,6 +50,10 @@ class Classifier(Method):
         head_init_scale: the head's initial weights are scaled by this (BEiT's fine-tuning uses 0.001).
     """
 
+    views = "labelled"
+    labelled = True
+    takes_encoder = True
+
     def __init__(
         self,
         encoder: ViT,
@@ -74,6 +78,10 @@ class Classifier(Method):
             self.fc_norm.load_state_dict(encoder.norm.state_dict())
             encoder.norm = nn.Identity()
 
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
     def features(self, images: Tensor) -> Tensor:
         """Pooled, normalised features [B, D]."""
         tokens = self.encoder.forward_features(images)
@@ -87,10 +95,17 @@ class Classifier(Method):
         return _classification_loss(self.predict(images), targets, self.label_smoothing)
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer ids for layer-wise lr decay: embeddings, then each block; norms and head after the last block."""
+        """Layer ids for layer-wise lr decay, BEiT's `get_num_layer_for_vit` (unilm/beit optim_factory.py): the
+        embeddings and special tokens are layer 0, block i is layer i + 1, and everything else (the final norm or
+        `fc_norm`, the head) the top layer, depth + 1, whose lr scale is 1.
+
+        The norms get their own group after the blocks: marking them timm's MATCH_PREV_GROUP (99999,) would merge
+        them into the last block and scale their lr by `layer_decay`.
+        """
         return dict(
             stem=r"^encoder\.(?:cls_token|pos_embed|patch_embed|mask_token)",
-            blocks=[(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm|^fc_norm", (99999,))],
+            blocks=r"^encoder\.blocks\.(\d+)",
+            head=r"^encoder\.norm|^fc_norm|^head",
         )
 
     def no_weight_decay(self) -> set[str]:
@@ -106,6 +121,10 @@ class LinearProbe(Method):
 
     The encoder is frozen and always kept in eval mode (no drop path, no statistics drift).
     """
+
+    views = "probe"
+    labelled = True
+    takes_encoder = True
 
     def __init__(self, encoder: ViT, num_classes: int, layer: int | None = None, pool: Pool = "avg") -> None:
         super().__init__()

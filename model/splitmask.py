@@ -10,9 +10,9 @@
    observed and inpainted; an InfoNCE loss (temperature 0.2, the other images of the batch as negatives) pulls the
    two descriptors of an image together.
 
-loss = MIM(A -> B) + MIM(B -> A) + InfoNCE, each term switchable (`split`, `inpaint`, `match`) so that every row of
-the paper's component ablation (FACTS T6) is a config. Where the paper is silent, the choice made is named in the
-argument's description and in model/README.md.
+loss = MIM(A -> B) + MIM(B -> A) + InfoNCE, each term switchable (`inpaint`, `match`) so that the SplitMask rows of
+the paper's component ablation (FACTS T6) are configs; its row without the split is the BEiT baseline (method
+`beit`). Where the paper is silent, the choice made is named in the argument's description and in model/README.md.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import LayerNorm, trunc_normal_
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from model.beit import BEiT
 from model.masking import SplitMasking
 from model.method import Method
 from model.mim import build_tokenizer, check_counts, positions, sample_masks, token_loss
 from model.tokenizers import Tokenizer
-from model.vit import ViT
+from model.vit import Init, ViT, beit_init_, beit_trunc_normal_
 
 __all__ = ["SplitMask", "SplitMaskDecoder", "info_nce"]
 
@@ -41,6 +40,15 @@ class SplitMaskDecoder(nn.Module):
     Assumptions (the paper gives only depth 2 and the encoder's width): fixed 2-D sin-cos position embeddings, as
     MAE's decoder; the encoder's class token goes through the decoder in front of the patches, as in MAE; no
     LayerScale, no drop path; one decoder shared by both branches (the paper's figure draws the same box twice).
+    Every LayerNorm (the blocks' and the final one) has eps 1e-6, as the encoder's (timm's ViT, BEiT).
+
+    Args:
+        grid: patch grid (H, W).
+        dim: width (the encoder's).
+        depth, num_heads, mlp_ratio: transformer shape.
+        num_prefix_tokens: encoder prefix (class) tokens passed through in front of the patches.
+        init: "timm" (Linear weights and mask token truncated normal of std 0.02 cut at +-2, biases 0) or "beit"
+            (BEiT's init, cut at +-0.02: `beit_init_`); an assumption, see `SplitMask`.
     """
 
     def __init__(
@@ -51,16 +59,22 @@ class SplitMaskDecoder(nn.Module):
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
         num_prefix_tokens: int = 1,
+        init: Init = "timm",
     ) -> None:
         super().__init__()
         self.num_patches = grid[0] * grid[1]
         self.num_prefix_tokens = num_prefix_tokens
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", build_sincos2d_pos_embed(list(grid), dim=dim).unsqueeze(0), persistent=False)
+        # timm's Block norms with timm's LayerNorm, whose eps is 1e-6, as the encoder's (and BEiT's) norms.
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
-        trunc_normal_(self.mask_token, std=0.02)
-        self.apply(_init_linear)
+        self.norm = LayerNorm(dim, eps=1e-6)
+        if init == "beit":
+            beit_trunc_normal_(self.mask_token)
+            beit_init_(self)
+        else:
+            trunc_normal_(self.mask_token, std=0.02)
+            self.apply(_init_linear)
 
     def forward(self, encoded: Tensor, keep: Tensor) -> Tensor:
         """Inpaint the full grid from one branch.
@@ -94,8 +108,6 @@ class SplitMask(Method):
         subsets: "complement" (B = mask, A = rest: the paper) or "disjoint" (two disjoint visible sets of
             1 - mask_ratio each: an assumption for 75% masking; identical to "complement" at 50%).
         min_block, max_block, min_aspect: block shape (16 and 75 patches; aspect 0.3 from BEiT).
-        split: encode the two subsets separately. False gives BEiT (mask tokens in the encoder, a linear head on
-            the masked positions) with this masking: the "no split" case. The paper's BEiT row is method `beit`.
         inpaint: the two MIM terms.
         match: the InfoNCE term between the two branches' descriptors.
         temperature: InfoNCE temperature (0.2, following MoCo v3).
@@ -104,7 +116,13 @@ class SplitMask(Method):
         infonce_symmetric: average the A->B and B->A directions (assumption, as MoCo v3).
         infonce_gather: negatives from every DDP rank, not only the local batch (assumption, as MoCo v3).
         tokenizer_kwargs: extra arguments for `create_tokenizer`.
+        init: how the decoder, its mask token and the MIM head start (an assumption: the paper says only that
+            SplitMask follows BEiT). "timm": truncated normal of std 0.02 cut at +-2 (effectively std 0.02), biases
+            0. "beit": BEiT's init (unilm/beit modeling_pretrain.py), cut at +-0.02 (effective std 0.0108). None
+            (default): the encoder's `init`.
     """
+
+    views = "masked"  # an image and its split, drawn in the data-loader workers
 
     def __init__(
         self,
@@ -119,7 +137,6 @@ class SplitMask(Method):
         min_block: int = 16,
         max_block: int | None = 75,
         min_aspect: float = 0.3,
-        split: bool = True,
         inpaint: bool = True,
         match: bool = True,
         temperature: float = 0.2,
@@ -129,24 +146,18 @@ class SplitMask(Method):
         infonce_symmetric: bool = True,
         infonce_gather: bool = True,
         tokenizer_kwargs: dict | None = None,
+        init: Init | None = None,
     ) -> None:
         super().__init__()
         if not (inpaint or match):
             raise ValueError("SplitMask with inpaint=False and match=False has no loss: enable one of them")
-        if match and not split:
-            raise ValueError("match=True needs split=True: the contrastive term compares the two branches")
+        init = init or encoder.init_scheme
+        if init not in ("timm", "beit"):
+            raise ValueError(f"init must be 'timm' or 'beit', got {init!r}")
         self.encoder = encoder
-        self.split, self.inpaint, self.match = split, inpaint, match
+        self.inpaint, self.match = inpaint, match
         self.mim_weight, self.match_weight, self.temperature = mim_weight, match_weight, temperature
         self.infonce = dict(normalize=infonce_normalize, symmetric=infonce_symmetric, gather=infonce_gather)
-
-        if not split:
-            # Without the split, SplitMask is BEiT with this masking; delegate rather than write it twice.
-            self.beit = BEiT(
-                encoder, tokenizer, vocab_size, mask_ratio, min_block, max_block, min_aspect, tokenizer_kwargs
-            )
-            self.mask_generator = self.beit.mask_generator
-            return
 
         self.mask_generator = SplitMasking(
             encoder.grid_size, mask_ratio, mask_pattern, subsets, min_block, max_block, min_aspect
@@ -157,13 +168,16 @@ class SplitMask(Method):
             decoder_depth,
             decoder_heads or encoder.blocks[0].attn.num_heads,
             num_prefix_tokens=encoder.num_prefix_tokens,
+            init=init,
         )
         # Only what a loss uses is built, so DDP never sees a parameter without a gradient.
         self.tokenizer = (
             build_tokenizer(tokenizer, vocab_size, encoder, **(tokenizer_kwargs or {})) if inpaint else None
         )
         self.head = nn.Linear(encoder.embed_dim, self.tokenizer.vocab_size) if inpaint else None
-        if self.head is not None:
+        if self.head is not None and init == "beit":
+            beit_init_(self.head)
+        elif self.head is not None:
             _init_linear(self.head)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -173,15 +187,13 @@ class SplitMask(Method):
         Args:
             images: [B, C, H, W], normalised.
             split: int8 [B, N] from `self.mask_generator` (0 = A, 1 = B, 2 = neither), made in the data-loader
-                workers; drawn here if None. With split=False, a bool mask [B, N] as for BEiT.
+                workers; drawn here if None.
         Returns:
             loss and logs: "loss", per-branch "mim_loss_a"/"mim_loss_b", their mean "mim_loss", "mim_acc",
             "match_loss", "match_acc" (each only when its term is on).
         """
         if split is None:
             split = self.sample_masks(images.shape[0], images.device)
-        if not self.split:
-            return self.beit(images, split)
 
         num_visible = self.mask_generator.num_visible
         for code, n in enumerate(num_visible):

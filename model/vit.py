@@ -10,6 +10,10 @@ pre-training methods need on top:
 Position embeddings are learned (the ViT default) or fixed 2-D sin-cos (what the paper's detection models use,
 FACTS §3.3). `timm_state_dict()` exports weights that load into a plain timm ViT of the same size, so a pre-trained
 encoder can be taken to any timm-based codebase.
+
+The weights start as timm initialises its ViT (`init="timm"`) or as BEiT does (`init="beit"`, see
+`beit_trunc_normal_`); learned position embeddings are resampled for other resolutions as timm does
+(`pos_embed_resample="timm"`) or as DINO does (`"dino"`).
 """
 
 from __future__ import annotations
@@ -18,21 +22,35 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerScale, resample_abs_pos_embed, trunc_normal_
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-__all__ = ["SIZES", "ViT", "vit"]
+__all__ = ["Init", "ViT", "beit_init_", "beit_trunc_normal_"]
 
-# Architecture presets. `micro` is the demo model for 28x28 grey images (7x7 = 49 tokens); the others are the
-# standard DeiT/ViT sizes at 224x224 with 16x16 patches (14x14 = 196 tokens).
-SIZES: dict[str, dict] = {
-    "micro": dict(embed_dim=128, depth=4, num_heads=4, img_size=28, patch_size=4, in_chans=1),
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3, img_size=224, patch_size=16, in_chans=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6, img_size=224, patch_size=16, in_chans=3),
-    "base": dict(embed_dim=768, depth=12, num_heads=12, img_size=224, patch_size=16, in_chans=3),
-}
+Init = Literal["timm", "beit"]
+
+
+def beit_trunc_normal_(tensor: Tensor, std: float = 0.02) -> Tensor:
+    """BEiT's `trunc_normal_` (unilm/beit modeling_pretrain.py): a normal of std `std` truncated at +-std, i.e. at
+    one sigma (timm's default truncates at +-2 absolute, 100 sigma for std 0.02). Its effective std is
+    sqrt(1 - 2 phi(1) / (2 Phi(1) - 1)) ~ 0.54 times `std`: 0.0108 for 0.02."""
+    return trunc_normal_(tensor, std=std, a=-std, b=std)
+
+
+def beit_init_(module: nn.Module, std: float = 0.02) -> None:
+    """BEiT's `_init_weights`, applied to `module` and all its submodules: Linear and Conv2d weights
+    `beit_trunc_normal_`, their biases 0; LayerNorm weight 1, bias 0. Other parameters are left as they are."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            beit_trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class ViT(VisionTransformer):
@@ -50,6 +68,18 @@ class ViT(VisionTransformer):
             unused parameter.
         rescale_init: BEiT's init fix, dividing each block's output projections by sqrt(2 * layer).
         dynamic_img_size: accept other resolutions, resampling the position embedding (DINO's local crops).
+        init: how the weights start (an assumption: the paper does not say).
+            "timm": timm's `VisionTransformer` init, bit for bit (Linear weights truncated normal of std 0.02 cut at
+            +-2, so effectively std 0.02; position embedding the same; class token normal of std 1e-6; the
+            patch-embedding conv PyTorch's default; the mask token truncated normal of std 0.02).
+            "beit": BEiT's pre-training init (unilm/beit modeling_pretrain.py): Linear and conv weights, position
+            embedding, class and mask tokens `beit_trunc_normal_` of std 0.02 (cut at +-0.02: effective std
+            0.0108), biases 0, LayerNorms 1 and 0. `rescale_init` is applied after either.
+        pos_embed_resample: how a learned position embedding is resampled for another grid (`dynamic_img_size`).
+            "timm": timm's `resample_abs_pos_embed` (bicubic with antialias, to the exact grid).
+            "dino": DINO's `interpolate_pos_encoding` (facebookresearch/dino vision_transformer.py): bicubic
+            without antialias, with the scale factor (n + 0.1) / N that DINO passes (the sampling grid follows
+            that scale, not n / N); the class token's embedding kept. The sin-cos table is always recomputed.
     """
 
     def __init__(
@@ -67,6 +97,8 @@ class ViT(VisionTransformer):
         use_mask_token: bool = False,
         rescale_init: bool = False,
         dynamic_img_size: bool = False,
+        init: Init = "timm",
+        pos_embed_resample: Literal["timm", "dino"] = "timm",
     ) -> None:
         # The constructor arguments, so that a saved encoder can be rebuilt from its file alone.
         self.init_args = dict(
@@ -83,9 +115,15 @@ class ViT(VisionTransformer):
             use_mask_token=use_mask_token,
             rescale_init=rescale_init,
             dynamic_img_size=dynamic_img_size,
+            init=init,
+            pos_embed_resample=pos_embed_resample,
         )
         if pos_embed not in ("learn", "sincos"):
             raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
+        if init not in ("timm", "beit"):
+            raise ValueError(f"init must be 'timm' or 'beit', got {init!r}")
+        if pos_embed_resample not in ("timm", "dino"):
+            raise ValueError(f"pos_embed_resample must be 'timm' or 'dino', got {pos_embed_resample!r}")
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         super().__init__(
@@ -104,13 +142,28 @@ class ViT(VisionTransformer):
             dynamic_img_size=dynamic_img_size,
         )
         self.pos_embed_type = pos_embed
+        self.init_scheme = init
+        self.pos_embed_resample = pos_embed_resample
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_mask_token else None
+        if self.mask_token is not None:
+            trunc_normal_(self.mask_token, std=0.02)
+        if init == "beit":
+            self._init_beit()
         if pos_embed == "sincos":
             # Kept as a (frozen) parameter under timm's name, so the state dict loads into a plain timm ViT.
             self.pos_embed.requires_grad_(False)
             self.pos_embed.data.copy_(self._sincos_table(self.patch_embed.grid_size))
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_mask_token else None
-        if self.mask_token is not None:
-            trunc_normal_(self.mask_token, std=0.02)
+
+    @torch.no_grad()
+    def _init_beit(self) -> None:
+        """Re-initialise as BEiT's `VisionTransformerForMaskedImageModeling.__init__` does: the tokens and the
+        position embedding, then `_init_weights` on every module, then the output-projection rescale."""
+        for p in (self.pos_embed, self.cls_token, self.mask_token):
+            if p is not None:
+                beit_trunc_normal_(p)
+        beit_init_(self)
+        if self.fix_init:  # timm's fix_init_weight is BEiT's rescale (1 / sqrt(2 * layer)); it ran on the old init
+            self.fix_init_weight()
 
     # ---------------------------------------------------------------------------------------------------------
     # geometry
@@ -139,15 +192,34 @@ class ViT(VisionTransformer):
 
     # ---------------------------------------------------------------------------------------------------------
     # forward
+    def _dino_pos_embed(self, grid: Sequence[int]) -> Tensor:
+        """The learned position embedding for another grid, as DINO's `interpolate_pos_encoding`: [1, prefix + h*w, D].
+
+        DINO calls `F.interpolate(..., scale_factor=(h + 0.1) / H, mode="bicubic")` (the 0.1 keeps the floored
+        output size from rounding down); PyTorch then maps output to input coordinates with that scale factor, not
+        with h / H, and applies no antialias.
+        """
+        prefix, patches = self.pos_embed[:, : self.num_prefix_tokens], self.pos_embed[:, self.num_prefix_tokens :]
+        (height, width), (h, w) = self.grid_size, grid
+        patches = patches.reshape(1, height, width, -1).permute(0, 3, 1, 2).float()
+        scale = ((h + 0.1) / height, (w + 0.1) / width)
+        patches = F.interpolate(patches, scale_factor=scale, mode="bicubic", recompute_scale_factor=False)
+        patches = patches.permute(0, 2, 3, 1).flatten(1, 2).to(prefix.dtype)
+        return torch.cat([prefix, patches], dim=1)
+
     def _pos_embed(self, x: Tensor) -> Tensor:
-        if self.pos_embed_type == "sincos" and x.ndim == 4 and tuple(x.shape[1:3]) != self.grid_size:
-            # Other resolutions get an exact sin-cos table rather than an interpolated one.
-            table = self._sincos_table(x.shape[1:3]).to(x)
+        resample = x.ndim == 4 and tuple(x.shape[1:3]) != self.grid_size  # [B, h, w, D] from dynamic_img_size
+        if resample and (self.pos_embed_type == "sincos" or self.pos_embed_resample == "dino"):
+            # sincos: other resolutions get an exact sin-cos table rather than an interpolated one.
+            if self.pos_embed_type == "sincos":
+                table = self._sincos_table(x.shape[1:3]).to(x)
+            else:
+                table = self._dino_pos_embed(x.shape[1:3]).to(x.dtype)
             x = x.flatten(1, 2)
             if self.cls_token is not None:
                 x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
             return self.pos_drop(x + table)
-        return super()._pos_embed(x)
+        return super()._pos_embed(x)  # timm: the table as is, or resample_abs_pos_embed (bicubic, antialias)
 
     def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Images to tokens with position embeddings: [B, C, H, W] -> [B, prefix + N, D].
@@ -252,10 +324,3 @@ class ViT(VisionTransformer):
         if self.mask_token is not None:
             sd.setdefault("mask_token", self.mask_token.detach().clone())
         self.load_state_dict(sd, strict=True)
-
-
-def vit(size: str = "small", **overrides) -> ViT:
-    """A `ViT` of a named size (`SIZES`), any constructor argument overridable."""
-    if size not in SIZES:
-        raise ValueError(f"unknown ViT size {size!r}; valid sizes: {', '.join(SIZES)}")
-    return ViT(**{**SIZES[size], **overrides})

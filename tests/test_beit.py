@@ -1,9 +1,13 @@
-"""BEiT: mask tokens in the encoder, a linear head on the masked positions only."""
+"""BEiT: mask tokens in the encoder, a linear head on the masked positions only, BEiT's initialisation."""
+
+import math
 
 import pytest
 import torch
 
 import model
+from model import vit
+from tests.test_vit import assert_beit_trunc_normal, assert_std
 
 
 @pytest.fixture
@@ -58,3 +62,27 @@ def test_wrong_mask_count_is_reported(beit):
 def test_needs_mask_token():
     with pytest.raises(ValueError, match="use_mask_token"):
         model.BEiT(model.vit("micro"))
+
+
+def test_beit_init_of_the_head_and_mask_token():
+    """init="beit" (BEiT's trunc_normal_, cut at +-std): the MIM head and the encoder's mask token; by default the
+    method follows its encoder, and the timm init stays timm's (cut at +-2, effectively std 0.02)."""
+    torch.manual_seed(0)
+    beit_way = model.BEiT(vit("micro", use_mask_token=True, rescale_init=True, init="beit"), vocab_size=1024)
+    assert_beit_trunc_normal(beit_way.head.weight)
+    assert_beit_trunc_normal(beit_way.encoder.mask_token)
+    assert not beit_way.head.bias.any()
+    # the encoder's rescale of the output projections survives its re-init
+    assert_beit_trunc_normal(beit_way.encoder.blocks[-1].mlp.fc2.weight, 0.02 / math.sqrt(2 * 4))
+
+    timm_way = model.BEiT(vit("micro", use_mask_token=True), vocab_size=1024)
+    assert_std(timm_way.head.weight, 0.02)
+    assert timm_way.head.weight.abs().max() > 0.02 and timm_way.encoder.mask_token.abs().max() > 0.02
+
+    # BEiT's own argument overrides the encoder's, for what BEiT owns (the head, and the mask token only it uses)
+    mixed = model.BEiT(vit("micro", use_mask_token=True), vocab_size=1024, init="beit")
+    assert_beit_trunc_normal(mixed.head.weight)
+    assert_beit_trunc_normal(mixed.encoder.mask_token)
+    assert mixed.encoder.blocks[0].mlp.fc1.weight.abs().max() > 0.02  # the rest of the encoder is the encoder's
+    with pytest.raises(ValueError, match="init"):
+        model.BEiT(vit("micro", use_mask_token=True), init="xavier")

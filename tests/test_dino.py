@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from harness.train import schedules
+from model import vit
 from model.dino import DINO
-from model.vit import vit
+from tests.test_vit import dino_interpolate_pos_encoding
 
 OUT_DIM = 256
 
@@ -230,3 +231,27 @@ def test_overfit_lowers_loss():
     # (loss ~ log(256) = 5.5 against an initial ~6.8) gives ~0.8, and a broken update gives ~1.
     ratio = losses[25:].mean() / losses[0]
     assert torch.isfinite(losses).all() and ratio < 0.6, losses
+
+
+def test_local_crops_with_dinos_position_embedding_resampling():
+    """With pos_embed_resample="dino" (DINO's interpolate_pos_encoding: bicubic, no antialias), student and teacher
+    embed a local crop with DINO's resampled table; the global crops use the table as it is."""
+    torch.manual_seed(0)
+    model = DINO(
+        vit("micro", dynamic_img_size=True, pos_embed_resample="dino"),
+        out_dim=OUT_DIM,
+        hidden_dim=64,
+        bottleneck_dim=32,
+        num_local_crops=2,
+        local_crop_size=16,
+    ).eval()
+    assert model.teacher_encoder.pos_embed_resample == "dino"
+    crops = make_crops()
+    enc = model.encoder
+    with torch.no_grad():
+        local = crops[2]
+        tokens = torch.cat([enc.cls_token.expand(2, -1, -1), enc.patch_embed(local).flatten(1, 2)], dim=1)
+        tokens = tokens + dino_interpolate_pos_encoding(enc.pos_embed, 16, 16, 4)
+        torch.testing.assert_close(enc(local), enc.forward_head(enc.encode(tokens)), rtol=0, atol=1e-5)
+        loss, _ = model(crops)
+    assert torch.isfinite(loss)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model
+from model import vit
 from model.heads import param_groups
 
 
@@ -65,3 +66,43 @@ def test_param_groups_weight_decay_and_layer_decay():
     assert scale[id(clf.encoder.patch_embed.proj.weight)] == pytest.approx(0.65 ** (depth + 1))
     total = sum(p.numel() for g in groups for p in g["params"])
     assert total == sum(p.numel() for p in clf.parameters() if p.requires_grad)
+
+
+def _beit_layer_id(var_name: str, num_max_layer: int) -> int:
+    """BEiT's get_num_layer_for_vit (unilm/beit optim_factory.py), for its model's parameter names."""
+    if var_name in ("cls_token", "mask_token", "pos_embed") or var_name.startswith("patch_embed"):
+        return 0
+    if var_name.startswith("blocks"):
+        return int(var_name.split(".")[1]) + 1
+    return num_max_layer - 1
+
+
+def _beit_param_groups(named, depth: int, decay: float, skip: set[str]) -> dict[str, tuple[float, bool]]:
+    """BEiT's LayerDecayValueAssigner + get_parameter_groups: name -> (lr_scale, weight decay applied)."""
+    values = [decay ** (depth + 1 - i) for i in range(depth + 2)]  # as run_class_finetuning.py builds them
+    out = {}
+    for name, param in named:
+        decayed = not (param.ndim == 1 or name.endswith(".bias") or name in skip)
+        out[name] = (values[_beit_layer_id(name, len(values))], decayed)
+    return out
+
+
+@pytest.mark.parametrize("pool", ["avg", "cls"])
+def test_layer_decay_equals_beits_rule_for_every_parameter(pool):
+    """ViT-S at decay 0.65: each parameter's lr_scale and weight-decay membership equal BEiT's."""
+    torch.manual_seed(0)
+    clf = model.Classifier(vit("small"), num_classes=10, pool=pool)
+    groups = param_groups(clf, weight_decay=0.05, layer_decay=0.65)
+    ours = {id(p): (g["lr_scale"], g["weight_decay"] > 0) for g in groups for p in g["params"]}
+    # Our names carry an `encoder.` prefix; BEiT's fine-tuning model has the norm (`norm` or `fc_norm`) and the
+    # head at the top level, so both map to BEiT's names by dropping the prefix. BEiT's skip list is its
+    # no_weight_decay(): {"pos_embed", "cls_token"}.
+    named = [(n.removeprefix("encoder."), p) for n, p in clf.named_parameters()]
+    reference = _beit_param_groups(named, depth=12, decay=0.65, skip={"pos_embed", "cls_token"})
+    params = dict(named)
+    assert len(ours) == len(reference) == 152
+    for name, (scale, decayed) in reference.items():
+        assert ours[id(params[name])][0] == pytest.approx(scale, rel=1e-12), name
+        assert ours[id(params[name])][1] == decayed, name
+    top = "fc_norm.weight" if pool == "avg" else "norm.weight"
+    assert reference[top][0] == 1.0 and reference["blocks.11.mlp.fc2.weight"][0] == pytest.approx(0.65)

@@ -1,13 +1,17 @@
 """SplitMask: split, inpaint, match, each as the paper describes it, and each switchable."""
 
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import model
-from model.splitmask import info_nce
+from model import vit
+from model.splitmask import SplitMask, info_nce
+from tests.test_vit import assert_beit_trunc_normal, assert_std
 
 
 @pytest.fixture
@@ -84,18 +88,53 @@ def test_ablation_switches_remove_their_term():
     assert "mim_loss" not in logs and torch.allclose(loss, logs["match_loss"])
     assert no_inpaint.head is None and no_inpaint.tokenizer is None  # nothing without a gradient under DDP
 
-    no_split = model.create("splitmask_vit_micro_p4", vocab_size=64, split=False, match=False).eval()
-    shapes = _block_input_shapes(no_split)
-    mask = no_split.sample_masks(4, seed=0)
-    loss, logs = no_split(images, mask)
-    assert shapes == [(4, 1 + 49)]  # the whole grid, with mask tokens: BEiT
-    assert "match_loss" not in logs
-    assert torch.allclose(loss, no_split.beit(images, mask)[0])
-
     with pytest.raises(ValueError, match="no loss"):
         model.create("splitmask_vit_micro_p4", inpaint=False, match=False)
-    with pytest.raises(ValueError, match="split=True"):
-        model.create("splitmask_vit_micro_p4", split=False)
+
+
+def test_no_split_variant_and_no_encoder_registered_twice():
+    """T6's row without the split is the BEiT baseline (method `beit`); SplitMask has no `split` switch, and its
+    encoder is registered once (the removed split=False also held it as `beit.encoder.*`)."""
+    assert "split" not in inspect.signature(SplitMask).parameters
+    with pytest.raises(TypeError, match="split"):
+        SplitMask(vit("micro"), vocab_size=64, split=False)
+    m = SplitMask(vit("micro"), vocab_size=64, min_block=4, max_block=None)
+    names = m.state_dict().keys()
+    assert not any(k.startswith("beit.") for k in names) and "encoder.pos_embed" in names
+    assert len(list(m.named_parameters(remove_duplicate=False))) == len(list(m.named_parameters()))
+
+
+def test_decoder_norms_use_the_encoders_eps(splitmask):
+    """Every LayerNorm of the decoder (its blocks' and its final one) has eps 1e-6, as timm's ViT and BEiT."""
+    norms = [mod for mod in splitmask.decoder.modules() if isinstance(mod, nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1  # two per block, two blocks, the final norm
+    assert {mod.eps for mod in norms} == {1e-6} == {splitmask.encoder.norm.eps}
+    x = 1e-3 * torch.randn(2, 5, 128)  # variance ~1e-6: the eps matters
+    expected = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    torch.testing.assert_close(splitmask.decoder.norm(x), expected, rtol=0, atol=1e-5)
+
+
+def test_beit_init_of_the_decoder_and_head():
+    """init="beit": decoder Linear layers, its mask token and the MIM head drawn by BEiT's trunc_normal_ (cut at
+    +-0.02); by default the method follows its encoder's init, and timm's init stays as it was."""
+    torch.manual_seed(0)
+    beit_way = SplitMask(vit("micro", init="beit"), vocab_size=1024, min_block=4, max_block=None)
+    dec = beit_way.decoder
+    linears = [mod for mod in dec.modules() if isinstance(mod, nn.Linear)] + [beit_way.head]
+    assert len(linears) == 2 * 4 + 1
+    for linear in linears:
+        assert_beit_trunc_normal(linear.weight)
+        assert not linear.bias.any()
+    assert_beit_trunc_normal(dec.mask_token)
+    assert all(mod.weight.eq(1).all() and not mod.bias.any() for mod in dec.modules() if isinstance(mod, nn.LayerNorm))
+
+    timm_way = SplitMask(vit("micro"), vocab_size=1024, min_block=4, max_block=None)
+    assert_std(timm_way.decoder.blocks[0].mlp.fc1.weight, 0.02)
+    assert_std(timm_way.head.weight, 0.02)
+    assert timm_way.head.weight.abs().max() > 0.02 and timm_way.decoder.mask_token.abs().max() > 0.02
+    explicit = SplitMask(vit("micro"), vocab_size=1024, min_block=4, max_block=None, init="beit")
+    assert_beit_trunc_normal(explicit.head.weight)
+    assert_beit_trunc_normal(explicit.decoder.blocks[1].attn.qkv.weight)
 
 
 def test_descriptor_is_the_mean_over_all_decoded_positions(splitmask, monkeypatch):

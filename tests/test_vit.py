@@ -1,10 +1,17 @@
-"""The backbone: equal to timm's ViT, loadable into timm, and able to subset, mask and expose blocks."""
+"""The backbone: equal to timm's ViT, loadable into timm, able to subset, mask and expose blocks; BEiT's init and
+DINO's position-embedding resampling."""
+
+import math
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
-from model.vit import SIZES, vit
+from model import SIZES, vit
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +124,113 @@ def test_sizes_and_errors():
         vit("huge")
     with pytest.raises(ValueError, match="multiple"):
         vit("micro", patch_size=5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# initialisation
+def one_sigma_truncated_std(sigma: float) -> float:
+    """Std of N(0, sigma^2) truncated at +-sigma: sigma * sqrt(1 - 2 phi(1) / (2 Phi(1) - 1)) ~ 0.5399 sigma."""
+    phi = math.exp(-0.5) / math.sqrt(2 * math.pi)
+    big_phi = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    return sigma * math.sqrt(1 - 2 * phi / (2 * big_phi - 1))
+
+
+def assert_std(t: torch.Tensor, expected: float) -> None:
+    """Sample std (about zero) within 4 standard errors of `expected`; the relative standard error of a sample std is
+    sqrt((kurtosis - 1) / 4n), at most 1 / sqrt(2n) for the normal and the (flatter) truncated normal."""
+    t = t.detach().flatten().double()
+    std = t.pow(2).mean().sqrt().item()
+    assert abs(std / expected - 1) <= 4 / math.sqrt(2 * t.numel()), (std, expected, t.numel())
+
+
+def assert_beit_trunc_normal(t: torch.Tensor, sigma: float = 0.02) -> None:
+    """Drawn by BEiT's trunc_normal_ of std sigma: within +-sigma, with the one-sigma truncated normal's std."""
+    assert t.detach().abs().max().item() <= sigma * (1 + 1e-6)
+    assert_std(t, one_sigma_truncated_std(sigma))
+
+
+def test_one_sigma_truncated_std_formula():
+    assert one_sigma_truncated_std(0.02) == pytest.approx(0.0108, abs=5e-5)
+    samples = torch.randn(1_000_000, dtype=torch.float64)
+    assert samples[samples.abs() <= 1].std().item() == pytest.approx(one_sigma_truncated_std(1.0), rel=3e-3)
+
+
+def test_timm_init_is_timms_bit_for_bit():
+    """init="timm" (the default) draws exactly what timm's VisionTransformer draws from the same seed."""
+    shape = dict(SIZES["micro"], img_size=28, in_chans=1, init_values=0.1, fix_init=True)
+    torch.manual_seed(3)
+    ref = VisionTransformer(**shape, num_classes=0, global_pool="token")
+    torch.manual_seed(3)
+    ours = vit("micro", layer_scale_init=0.1, rescale_init=True, use_mask_token=True)
+    ours_sd = ours.state_dict()
+    assert ours_sd.keys() - ref.state_dict().keys() == {"mask_token"}
+    assert all(torch.equal(v, ours_sd[k]) for k, v in ref.state_dict().items())
+    assert_std(ours.blocks[0].mlp.fc1.weight, 0.02)  # cut at +-2 (100 sigma): effectively std 0.02
+    assert ours.blocks[0].mlp.fc1.weight.abs().max() > 0.02
+    assert_std(ours.pos_embed, 0.02)
+    assert_std(ours.mask_token, 0.02)
+
+
+def test_beit_init_truncates_at_one_sigma_and_rescales_after():
+    m = vit("micro", layer_scale_init=0.1, rescale_init=True, use_mask_token=True, init="beit")
+    for p in (m.pos_embed, m.cls_token, m.mask_token, m.patch_embed.proj.weight):
+        assert_beit_trunc_normal(p)
+    assert torch.equal(m.patch_embed.proj.bias, torch.zeros_like(m.patch_embed.proj.bias))
+    for i, blk in enumerate(m.blocks):
+        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            linear = blk.get_submodule(name)
+            # BEiT's fix_init_weight divides the output projections by sqrt(2 * layer), after the re-init
+            rescale = math.sqrt(2 * (i + 1)) if name in ("attn.proj", "mlp.fc2") else 1.0
+            assert_beit_trunc_normal(linear.weight, 0.02 / rescale)
+            assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+        assert torch.equal(blk.ls1.gamma, torch.full_like(blk.ls1.gamma, 0.1))  # LayerScale untouched
+    for norm in (mod for mod in m.modules() if isinstance(mod, nn.LayerNorm)):
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not norm.bias.any()
+    # the fixed sin-cos table is not re-drawn
+    sincos = vit("micro", pos_embed="sincos", init="beit")
+    assert torch.equal(sincos.pos_embed, sincos._sincos_table(sincos.grid_size))
+    with pytest.raises(ValueError, match="init"):
+        vit("micro", init="xavier")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# position embedding for other resolutions (DINO's local crops)
+def dino_interpolate_pos_encoding(pos_embed: torch.Tensor, w: int, h: int, patch_size: int) -> torch.Tensor:
+    """facebookresearch/dino's `VisionTransformer.interpolate_pos_encoding`, rewritten from its algorithm for an image
+    of w x h pixels (DINO's w is the image's dim 2, h its dim 3): the class token's embedding kept; the square patch
+    grid resized bicubically, without antialias, by the scale factor (pixels // patch + 0.1) / sqrt(N)."""
+    num = pos_embed.shape[1] - 1
+    side = math.sqrt(num)
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    grid = grid.reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+    w0, h0 = w // patch_size + 0.1, h // patch_size + 0.1
+    grid = F.interpolate(grid, scale_factor=(w0 / side, h0 / side), mode="bicubic")
+    assert grid.shape[-2:] == (int(w0), int(h0))
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])], dim=1)
+
+
+@pytest.mark.parametrize(
+    "img_size, patch_size, crop",
+    [(28, 4, (12, 12)), (224, 16, (96, 96)), (28, 4, (12, 20))],  # micro's local crop; 96/224; not square
+)
+def test_dino_position_embedding_resampling(img_size, patch_size, crop):
+    m = vit("micro", img_size=img_size, patch_size=patch_size, dynamic_img_size=True, pos_embed_resample="dino")
+    timm_way = vit("micro", img_size=img_size, patch_size=patch_size, dynamic_img_size=True)
+    timm_way.load_state_dict(m.state_dict())
+    x = torch.randn(2, 1, *crop)
+    with torch.no_grad():
+        patches = torch.cat([m.cls_token.expand(2, -1, -1), m.patch_embed(x).flatten(1, 2)], dim=1)
+        expected = patches + dino_interpolate_pos_encoding(m.pos_embed, *crop, patch_size)
+        torch.testing.assert_close(m.embed(x), expected, rtol=0, atol=1e-6)
+        # timm's default (kept for every other model) is a different resampling: bicubic with antialias
+        antialiased = patches + resample_abs_pos_embed(
+            m.pos_embed, new_size=[c // patch_size for c in crop], num_prefix_tokens=1
+        )
+        torch.testing.assert_close(timm_way.embed(x), antialiased, rtol=0, atol=1e-6)
+        assert (timm_way.embed(x) - m.embed(x)).abs().max() > 1e-3
+        # at the model's own resolution both use the table as it is (DINO returns pos_embed unchanged)
+        full = torch.randn(2, 1, img_size, img_size)
+        assert torch.equal(m.embed(full), timm_way.embed(full))
+        assert m(x).shape == (2, 128)
+    with pytest.raises(ValueError, match="pos_embed_resample"):
+        vit("micro", pos_embed_resample="bilinear")
