@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian's dataset-fashion-mnist package: the data of the demo, the tests and the smoke profile.
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data slurm test lint demo clean
+.PHONY: install data slurm test test-quick lint demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,11 @@ data:
 	  fi; \
 	fi
 
+# ruff, then the import layers of pyproject.toml's [tool.importlinter] (one-way packages, no torch in planning).
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # A one-node SLURM cluster on this machine (root; installs slurm-wlm and munge with apt when missing).
 slurm:
@@ -49,8 +51,13 @@ test: lint data
 	fi
 	$(PY) -m pytest -q
 
+# The same lint and tests without the ones marked slow (the paper's smoke sweep, the SLURM end-to-end runs, local
+# training jobs) and without bringing SLURM up: a minute or two while editing. `make test` still runs everything.
+test-quick: lint data
+	$(PY) -m pytest -q -m "not slow"
+
 demo: install data
 	$(PY) -m harness.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .grimp_cache .import_linter_cache *.egg-info

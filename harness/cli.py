@@ -70,18 +70,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"harness train: {err}", file=sys.stderr)
             return 2
     try:
-        from harness.launch import commands
+        from harness.sweep import Request
 
         sweeps = [a for a in args.args if "=" not in a]
         if not sweeps:
             parser.error(f"{args.command}: name at least one sweep file (sweeps/*.yaml)")
-        req = commands.Request(sweeps, [a for a in args.args if "=" in a], args.profile, args.cluster, args.results)
+        req = Request(sweeps, [a for a in args.args if "=" in a], args.profile, args.cluster, args.results)
+        if args.command == "report":
+            from harness.report.build import report
+
+            return report(req, args.out)
+        from harness.launch import commands
+
         if args.command == "plan":
             return commands.plan(req)
         if args.command == "status":
             return commands.status(req)
-        if args.command == "report":
-            return commands.report(req, args.out)
         return commands.run(req, args.executor, args.retry_failed, args.dry_run)
     except (ConfigError, SweepError, LockedError, QueueError) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)

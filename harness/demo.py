@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from harness.launch import commands
+from harness.report.build import report
+from harness.sweep import Request
 
 SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 
@@ -23,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job, e.g. loader.workers=0")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    req = commands.Request([str(SMOKE)], args.overrides, results=args.results)
+    req = Request([str(SMOKE)], args.overrides, results=args.results)
     status = commands.run(req, executor="local")
-    commands.report(req)
+    report(req)
     print(f"\ndemo took {time.perf_counter() - start:.0f} s (results in {req.results_dir})")
     return status
 

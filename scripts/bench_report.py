@@ -46,10 +46,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from harness.launch.commands import Request, compile_request
     from harness.launch.state import observe
     from harness.report.build import build_reports
     from harness.report.collect import collect_graph
+    from harness.sweep import Request, compile_request
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

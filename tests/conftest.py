@@ -18,6 +18,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: submits real jobs to a SLURM cluster (the `slurm` fixture)")
 
 
+@pytest.fixture(autouse=True)
+def _results_outside_the_checkout(tmp_path_factory, monkeypatch):
+    """A test that names no results folder writes into a temporary one, never into the checkout's results/
+    (`Request.results_dir` defaults to $HARNESS_RESULTS, else ./results: graph caches, journals, run folders)."""
+    from harness.sweep.request import RESULTS_ENV
+
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path_factory.mktemp("results")))
+
+
 @dataclass(frozen=True)
 class SlurmCluster:
     partition: str  # the default partition (jobs go there when they name none)

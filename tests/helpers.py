@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.data import dataset_root
-from harness.launch.commands import Request, compile_request
-from harness.launch.state import observe
+from harness.launch.state import State, observe
+from harness.sweep import Request, compile_request
 
 try:
     dataset_root("fashion_mnist")
@@ -47,4 +47,4 @@ def wait_for(req: Request, done, timeout: float = 600.0, poll: float = 2.0) -> d
 
 
 def all_finished(states: dict) -> bool:
-    return all(s.state in ("done", "failed", "cancelled") for s in states.values())
+    return all(s.state in (State.DONE, State.FAILED, State.CANCELLED) for s in states.values())

@@ -46,6 +46,7 @@ def test_lock_refuses_a_second_run(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow  # two training jobs, each in its own process (~20 s on 2 cores)
 def test_local_executor_runs_the_graph_in_order_and_once(tmp_path, capsys):
     sweep = write_sweep(tmp_path, TWO_STAGES)
     results = str(tmp_path / "results")
@@ -82,28 +83,29 @@ def test_cli_reports_sweep_errors_without_a_traceback(tmp_path, capsys):
 def test_a_resubmitted_upstream_takes_its_waiting_dependents_along(tmp_path):
     """Re-pointing: a dependent still waiting on the old upstream id is cancelled and resubmitted after the new one."""
     from harness.launch.commands import _wanted
-    from harness.launch.state import JobState
+    from harness.launch.state import JobState, State
     from harness.sweep import compile_sweeps, load_sweep
 
     graph = compile_sweeps([load_sweep(write_sweep(tmp_path, TWO_STAGES))], tmp_path / "results")
     up, down = graph.jobs
-    states = {up: JobState("failed", "7"), down: JobState("pending", "8", detail="Dependency")}
+    states = {up: JobState(State.FAILED, "7"), down: JobState(State.PENDING, "8", detail="Dependency")}
     submit, cancel, held = _wanted(graph, states, retry_failed=True)
     assert [j.id for j in submit] == [up, down] and [j.id for j in cancel] == [down] and not held
     submit, cancel, held = _wanted(graph, states, retry_failed=False)
     assert not submit and not cancel and "--retry-failed" in held[0]
-    states[up] = JobState("failed", "7")
-    states[down] = JobState("cancelled", "8")
+    states[up] = JobState(State.FAILED, "7")
+    states[down] = JobState(State.CANCELLED, "8")
     submit, _, held = _wanted(graph, states, retry_failed=False)
     assert not submit and "waits for its upstream" in held[1]
 
 
 def test_cluster_settings_stage_over_profile_and_command_line_over_all(tmp_path):
-    from harness.launch.commands import Request, compile_request
     from harness.launch.executors import submitit_parameters
+    from harness.sweep import Request, compile_request
 
     sweep = write_sweep(tmp_path, "stages: {pretrain: {cluster: {nodes: 4, timeout_min: 600}}}")
-    req = Request([sweep], ["cluster.timeout_min=30", "cluster.additional={exclude: node1}"], cluster="slurm")
+    overrides = ["cluster.timeout_min=30", "cluster.additional={exclude: node1}"]
+    req = Request([sweep], overrides, cluster="slurm", results=str(tmp_path / "results"))
     (job,) = compile_request(req).jobs.values()
     assert job.cluster["nodes"] == 4 and job.cluster["timeout_min"] == 30 and job.cluster["gpus_per_node"] == 8
     params = submitit_parameters({**job.cluster, "partition": "gpu", "qos": "high"})
@@ -112,11 +114,11 @@ def test_cluster_settings_stage_over_profile_and_command_line_over_all(tmp_path)
     assert params["slurm_additional_parameters"] == {"exclude": "node1"}
     assert params["slurm_signal_delay_s"] == 120 and "slurm_account" not in params
     with pytest.raises(SweepError, match="unknown cluster setting 'gpu'"):
-        compile_request(Request([sweep], ["cluster.gpu=1"]))
+        compile_request(Request([sweep], ["cluster.gpu=1"], results=str(tmp_path / "results")))
 
 
 def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path):
-    from harness.launch.commands import Request, compile_request
+    from harness.sweep import Request, compile_request
 
     sweep = write_sweep(tmp_path, TWO_STAGES)
     req = Request([sweep], ["seed=1"], results=str(tmp_path / "results"))
@@ -148,3 +150,20 @@ def test_a_shared_job_gets_the_resources_its_stage_asks_for_whatever_the_order(t
     other = write_sweep(tmp_path, "stages: {pretrain: {overrides: [seed=3], cluster: {nodes: 4}}}", "other")
     with pytest.raises(SweepError, match=r"cluster \{'nodes': 4\} differs from .*big.yaml: stages.pretrain"):
         compile_sweeps([load_sweep(big), load_sweep(other)], tmp_path)
+
+
+def test_plan_counts_blocked_jobs_apart_and_says_why(tmp_path, capsys):
+    """A stage that cannot run yet is planned and counted, never `to submit`, and its reason is printed once."""
+    sweep = write_sweep(
+        tmp_path,
+        """
+        stages:
+          pretrain: {overrides: [data=coco]}
+          detect: {grid: {from: pretrain, target: {coco: [data=coco]}}}
+        """,
+    )
+    assert main(["plan", sweep, "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:7] for line in out.splitlines() if line.startswith(("pretrain", "detect"))}
+    assert rows == {"pretrain": ["1", "0", "0", "0", "0", "1"], "detect": ["1", "0", "0", "0", "0", "0"]}
+    assert out.count("not runnable yet (1 jobs): COCO detection (Mask R-CNN") == 1

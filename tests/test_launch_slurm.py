@@ -1,7 +1,7 @@
 """The launcher against a real SLURM (scripts/slurm-local.sh): arrays, dependencies, preemption, failures, crashes.
 
 Each test submits to the cluster of the `slurm` fixture with the `workstation` cluster profile and waits for its
-jobs (the waits are hang guards, not timings).
+jobs to train to the end (the waits are hang guards, not timings): slow, tens of seconds to minutes each.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from harness.launch import commands
-from harness.launch.commands import Request
 from harness.launch.journal import Journal
-from harness.launch.state import log_paths
+from harness.launch.state import State, log_paths
+from harness.sweep import Request, compile_request
 from tests.helpers import all_finished, needs_data, wait_for, write_sweep
 
-pytestmark = [pytest.mark.slurm, needs_data]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, needs_data]
 SMOKE = str(Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml")
 # On top of the smoke profile: a handful of iterations per job, so the suite stays short.
 SHRINK = ["data.subset.per_class=10", "optim.batch_size=50", "eval.per_class=10"]
@@ -45,8 +45,8 @@ def test_smoke_sweep_completes_on_slurm_and_a_second_run_submits_nothing(slurm, 
     assert "11 jobs: 0 done, 0 in flight, 11 to submit (slurm)" in out
     assert "submitted 3 pretrain job(s)" in out  # one array for the three pre-trainings
     states = wait_for(req, all_finished)
-    assert {s.state for s in states.values()} == {"done"}
-    graph = commands.compile_request(req)
+    assert {s.state for s in states.values()} == {State.DONE}
+    graph = compile_request(req)
     for job in graph.jobs.values():
         if job.upstream:
             up = graph.jobs[job.upstream]
@@ -77,16 +77,16 @@ def test_preempted_pretraining_resumes_from_its_checkpoint(slurm, tmp_path):
     )
     req = request(tmp_path, sweep)
     assert commands.run(req, "slurm") == 0
-    graph = commands.compile_request(req)
+    graph = compile_request(req)
     (job,) = graph.jobs.values()
     metrics = job.run_dir / "metrics.jsonl"
     states = wait_for(req, lambda s: metrics.exists() and len(metrics.read_text().splitlines()) >= 25, poll=0.5)
     job_id = states[job.id].job_id
-    assert states[job.id].state == "running"
+    assert states[job.id].state is State.RUNNING
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before a preemption
 
     states = wait_for(req, all_finished)
-    assert states[job.id].state == "done" and states[job.id].job_id == job_id  # requeued: same job id
+    assert states[job.id].state is State.DONE and states[job.id].job_id == job_id  # requeued: same job id
     result = json.loads((job.run_dir / "result.json").read_text())
     assert result["iterations"] == 5000 // 25
     its = [json.loads(line)["it"] for line in metrics.read_text().splitlines()]
@@ -107,13 +107,13 @@ def test_failed_job_shows_its_error_and_retry_resubmits_only_it_and_its_dependen
     sweep = write_sweep(tmp_path, body.format(broken=", data.root=/nonexistent/fashion-mnist"))
     req = request(tmp_path, sweep)
     assert commands.run(req, "slurm") == 0
-    graph = commands.compile_request(req)
+    graph = compile_request(req)
     ids = {(j.task, j.label): j.id for j in graph.jobs.values()}
     broken, dependent = ids[("pretrain", "method=splitmask")], ids[("finetune", "method=splitmask")]
     states = wait_for(req, all_finished)
-    assert states[broken].state == "failed"
-    assert states[dependent].state == "cancelled" and not (graph.jobs[dependent].run_dir / "env.json").exists()
-    assert states[ids[("finetune", "method=beit")]].state == "done"
+    assert states[broken].state is State.FAILED
+    assert states[dependent].state is State.CANCELLED and not (graph.jobs[dependent].run_dir / "env.json").exists()
+    assert states[ids[("finetune", "method=beit")]].state is State.DONE
     capsys.readouterr()
     assert commands.status(req) == 1
     out = capsys.readouterr().out
@@ -128,7 +128,7 @@ def test_failed_job_shows_its_error_and_retry_resubmits_only_it_and_its_dependen
     new = journal_intents(req)[len(before) :]
     assert sorted(j for intent in new for j in intent["jobs"]) == sorted([broken, dependent])
     states = wait_for(req, all_finished)
-    assert {s.state for s in states.values()} == {"done"}
+    assert {s.state for s in states.values()} == {State.DONE}
 
 
 def test_a_crash_between_sbatch_and_the_journal_does_not_duplicate_the_job(slurm, tmp_path, monkeypatch, capsys):
@@ -172,7 +172,7 @@ def test_two_task_job_trains_with_ddp_across_slurm_tasks(slurm, tmp_path):
     assert commands.run(req, "slurm") == 0
     states = wait_for(req, all_finished)
     (job_id,) = states
-    assert states[job_id].state == "done", states[job_id].error_tail
-    (job,) = commands.compile_request(req).jobs.values()
+    assert states[job_id].state is State.DONE, states[job_id].error_tail
+    (job,) = compile_request(req).jobs.values()
     assert json.loads((job.run_dir / "result.json").read_text())["world_size"] == 2
     assert json.loads((job.run_dir / "env.json").read_text())["world_size"] == 2

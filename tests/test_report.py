@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.launch.commands import Request, compile_request
 from harness.report import collect
 from harness.report.build import build_reports, judge_claims
 from harness.report.claims import FAILS, HOLDS, NOT_ENOUGH, evaluate
 from harness.report.table import latex, layout, markdown, summarize
-from harness.sweep import SweepError, load_sweep
+from harness.sweep import Request, SweepError, compile_request, load_sweep
 from tests.helpers import write_sweep
 
 # A T1-like table: methods x pre-training data, fine-tuned on one target; the paper's numbers are FACTS T1's.
@@ -165,22 +164,31 @@ def test_report_writes_tables_figures_and_a_self_contained_page(tmp_path, capsys
     assert page.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by colleagues as any file they write
 
 
-def test_figures_are_drawn_again_only_when_what_they_plot_changes(tmp_path):
-    req, _ = _results(tmp_path)
+def test_figures_are_drawn_again_only_when_what_they_plot_changes(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    req, _ = _results(tmp_path)  # drawn again: written anew (another inode); not: the same file
     with pytest.warns(UserWarning):
         (page,) = build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
     png = page.parent / "t1_bars.png"
-    drawn = png.stat().st_mtime_ns
+    drawn = png.stat().st_ino
     with pytest.warns(UserWarning):
         build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
-    assert png.stat().st_mtime_ns == drawn  # same results: the figure is not drawn again
+    assert png.stat().st_ino == drawn  # same results: the figure is not drawn again
+    real = importlib.metadata.version
+    with monkeypatch.context() as patch:  # another matplotlib draws (styles, layout) differently: drawn again
+        patch.setattr(importlib.metadata, "version", lambda p: "0.0-other" if p == "matplotlib" else real(p))
+        with pytest.warns(UserWarning):
+            build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
+    assert png.stat().st_ino != drawn
+    drawn = png.stat().st_ino
     graph = compile_request(req)
     run = next(j for j in graph.jobs.values() if j.label == "method=dino pretrain_data=in_full seed=0").run_dir
     run.mkdir(parents=True)
     (run / "result.json").write_text(json.dumps({"top1": 77.0, "protocol": "finetune"}))
     with pytest.warns(UserWarning):
         build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
-    assert png.stat().st_mtime_ns != drawn
+    assert png.stat().st_ino != drawn
 
 
 def test_quoted_cells_and_the_hours_metric(tmp_path):

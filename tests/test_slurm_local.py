@@ -1,109 +1,115 @@
-"""submitit against a real SLURM cluster: one job, a job array, a dependency. Each test takes seconds."""
+"""The harness's own SLURM path against a real one-node SLURM (scripts/slurm-local.sh): reading the queue with
+`squeue`, submitting arrays with their `afterok` dependencies through the journal, and telling each job's state.
+
+The jobs are held (`--hold`) and cancelled, so nothing trains and each test takes seconds; the waits are hang guards,
+not timings. tests/test_launch_slurm.py runs jobs to the end (slow).
+"""
 
 from __future__ import annotations
 
-import os
+import secrets
 import subprocess
-import sys
 import time
 
-import cloudpickle
 import pytest
-import submitit
+
+from harness.launch import commands
+from harness.launch.journal import JOB_NAME_PREFIX, Journal
+from harness.launch.queue import Queue
+from harness.launch.state import State, observe
+from harness.sweep import Request, compile_request
+from tests.helpers import wait_for, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
 
-# The jobs unpickle these functions in a fresh interpreter that cannot import this test module: ship them by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+TWO_STAGES = """
+stages:
+  pretrain:
+    grid:
+      method: {beit: [method=beit], splitmask: [method=splitmask]}
+  finetune:
+    grid: {from: pretrain}
+"""
 
 
-def _square(x: int) -> dict:
-    return {"value": x * x, "pid": os.getpid(), "job_id": os.environ.get("SLURM_JOB_ID")}
+def sbatch(*args: str) -> str:
+    """Submit with sbatch; the job id."""
+    done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
 
 
-def _stamped(label: str, seconds: float) -> dict:
-    """Runs `seconds` and says when it started and ended, by this machine's clock."""
-    start = time.time()
-    time.sleep(seconds)
-    return {
-        "label": label,
-        "start": start,
-        "end": time.time(),
-        "task": os.environ.get("SLURM_ARRAY_TASK_ID"),
-        "array_job": os.environ.get("SLURM_ARRAY_JOB_ID"),
-    }
-
-
-def _executor(folder, slurm) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder)
-    assert executor.cluster == "slurm"
-    # Not timeout_min=2: submitit asks for SIGUSR2 90 s before the time limit (`--signal=USR2@90`), and SLURM may send
-    # it up to 60 s early, i.e. at any time in the first 30 s of a 2-minute job; submitit takes it for a timeout and
-    # fails a job that is not checkpointable. With 5 minutes the signal comes 150 s in at the earliest.
-    executor.update_parameters(timeout_min=5, cpus_per_task=1, slurm_mem="200M", slurm_partition=slurm.partition)
-    return executor
-
-
-def _results(jobs: list, limit_s: float = 90) -> list:
-    """The jobs' results. Without accounting submitit cannot tell that a job died without writing its result (it
-    would wait forever), so this fails once squeue has not known a job without a result for 3 s, or after limit_s
-    (guards against hanging, not timing assertions)."""
+def until(condition, what: str, limit_s: float = 60.0):
+    """Poll `condition()` until it returns something true (a hang guard: fails with `what` after limit_s)."""
     deadline = time.monotonic() + limit_s
-    gone_since: dict[str, float] = {}
-    while True:
-        waiting = [job for job in jobs if not job.done()]
-        if not waiting:
-            return [job.result() for job in jobs]
-        now = time.monotonic()
-        for job in waiting:
-            if _squeue(job.job_id) is None:
-                gone_since.setdefault(job.job_id, now)
-            else:
-                gone_since.pop(job.job_id, None)
-        dead = [job_id for job_id, since in gone_since.items() if now - since > 3]
-        if dead or now > deadline:
-            queue = subprocess.run(["squeue", "-t", "all", "-o", "%i %j %T %r"], capture_output=True, text=True).stdout
-            logs = "\n".join(f"--- {job.job_id} stderr:\n{job.stderr() or ''}" for job in jobs)
-            why = f"{dead} ended without a result" if dead else f"not done after {limit_s} s"
-            pytest.fail(f"jobs {why}\nsqueue -t all:\n{queue}\n{logs}")
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {limit_s:.0f} s")
         time.sleep(0.5)
+    return value
 
 
-def _squeue(job_id: str) -> tuple[str, str] | None:
-    """(state, reason) of a pending or running job; None once it ended (or when squeue never knew it)."""
-    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True)
-    if done.returncode != 0:  # purged after MinJobAge, or squeue could not ask (then say so, not "ended")
-        return None if "Invalid job id" in done.stderr else ("UNKNOWN", done.stderr.strip())
-    if not done.stdout.strip():
-        return None
-    state, reason = done.stdout.splitlines()[0].split("|")
-    return state, reason
+def test_queue_reads_our_held_array_task_by_task_and_nothing_else(slurm):
+    name = JOB_NAME_PREFIX + secrets.token_hex(4)
+    hold = ["--hold", f"--partition={slurm.partition}", "--mem=100M", "--wrap", "sleep 60"]
+    array = sbatch("--array=0-2", f"--job-name={name}", *hold)
+    other = sbatch("--job-name=not-a-harness-job", *hold)
+    try:
+        queue = Queue()
+        rows = sorted(queue.by_name(name), key=lambda r: r.array_index)
+        assert [(r.job_id, r.array_index) for r in rows] == [(f"{array}_{i}", i) for i in range(3)]
+        assert {r.state for r in rows} == {"PENDING"} and all(r.reason.startswith("JobHeld") for r in rows)
+        assert queue.get(f"{array}_1") == rows[1]
+        assert other not in queue.rows and all(r.name.startswith(JOB_NAME_PREFIX) for r in queue.rows.values())
+        Queue.cancel([array])  # the array's id cancels each of its tasks
+        until(lambda: not Queue().by_name(name), "the cancelled array still listed as in flight")
+    finally:
+        subprocess.run(["scancel", array, other], check=False)
 
 
-def test_one_job_returns_its_result(slurm, tmp_path):
-    job = _executor(tmp_path, slurm).submit(_square, 7)
-    (result,) = _results([job])
-    assert result["value"] == 49
-    assert result["job_id"] == job.job_id  # it ran as that SLURM job, in another process
-    assert result["pid"] != os.getpid()
+def test_run_submits_arrays_with_afterok_and_observes_them_until_cancelled(slurm, tmp_path, capsys):
+    """One array for the pre-trainings, one per fine-tuning `afterok` its own upstream task; a second `run`
+    submits nothing while they wait; cancelled, each is `cancelled` and a third `run` submits them again."""
+    sweep = write_sweep(tmp_path, TWO_STAGES)
+    req = Request([sweep], ["cluster.additional={hold: true}"], cluster="workstation", results=str(tmp_path / "r"))
+    graph = compile_request(req)
+    journal = Journal(req.results_dir)
+    submitted: list[str] = []
+    try:
+        assert commands.run(req, "slurm") == 0
+        out = capsys.readouterr().out
+        assert "4 jobs: 0 done, 0 in flight, 4 to submit (slurm)" in out and "submitted 2 pretrain job(s)" in out
+        latest = journal.latest()
+        submitted = [latest[j].job_id for j in graph.jobs]
+        pretrain = [j for j in graph.jobs.values() if j.task == "pretrain"]
+        finetune = [j for j in graph.jobs.values() if j.task == "finetune"]
+        assert len({latest[j.id].job_id.split("_")[0] for j in pretrain}) == 1  # one array
+        for job in finetune:
+            show = subprocess.run(["scontrol", "show", "job", "-o", latest[job.id].job_id], capture_output=True,
+                                  text=True, check=True).stdout  # fmt: skip
+            assert f"Dependency=afterok:{latest[job.upstream].job_id}" in show, show
 
+        states = observe(graph, req.results_dir)
+        assert {s.state for s in states.values()} == {State.PENDING}
+        assert [states[j].job_id for j in graph.jobs] == submitted
+        intents = journal.path.read_text()
+        assert commands.run(req, "slurm") == 0
+        assert "4 jobs: 0 done, 4 in flight, 0 to submit" in capsys.readouterr().out
+        assert journal.path.read_text() == intents  # nothing submitted twice
 
-def test_array_then_dependent_job(slurm, tmp_path):
-    executor = _executor(tmp_path, slurm)
-    with executor.batch():
-        array = [executor.submit(_stamped, f"task{i}", 2.0) for i in range(2)]
-    array_id = array[0].job_id.split("_")[0]
-    assert [job.job_id for job in array] == [f"{array_id}_0", f"{array_id}_1"]
+        Queue.cancel(submitted)
+        states = wait_for(req, lambda s: all(st.state is State.CANCELLED for st in s.values()), timeout=60, poll=0.5)
+        for job in finetune:
+            assert states[job.id].detail == f"upstream {job.upstream} cancelled"
+        assert commands.status(req) == 0  # cancelled is not failed
+        assert "4 cancelled" in capsys.readouterr().out
 
-    # afterok on the array's id: after every task of it ended with exit code 0; cancelled if it can never be met.
-    executor.update_parameters(
-        slurm_additional_parameters={"dependency": f"afterok:{array_id}", "kill-on-invalid-dep": "yes"}
-    )
-    after = executor.submit(_stamped, "after", 0.0)
-    # While the tasks sleep, the dependency is what holds the job back (not, say, a node without free CPUs).
-    assert _squeue(after.job_id) == ("PENDING", "Dependency")
-
-    *tasks, last = _results([*array, after])
-    assert sorted(t["task"] for t in tasks) == ["0", "1"]
-    assert {t["array_job"] for t in tasks} == {array_id}
-    assert last["start"] >= max(t["end"] for t in tasks)
+        assert commands.run(req, "slurm") == 0  # a cancelled job never started: submitted again
+        assert "4 jobs: 0 done, 0 in flight, 4 to submit (slurm)" in capsys.readouterr().out
+        again = journal.latest()
+        submitted += [again[j].job_id for j in graph.jobs]
+        assert not {again[j].job_id for j in graph.jobs} & set(submitted[:4])
+        assert {s.state for s in observe(graph, req.results_dir).values()} == {State.PENDING}
+    finally:
+        if submitted:
+            subprocess.run(["scancel", *submitted], check=False)

@@ -152,7 +152,7 @@ def test_smoke_profile_keeps_distinct_datasets_models_and_epochs_distinct(tmp_pa
     by_keys = {tuple(j.refs[0].keys.values()): j.config for j in smoke.jobs.values()}
     assert {c.data.name for c in by_keys.values()} == {"fashion_mnist"}
     cars = by_keys[("cars", "s", "long")]
-    assert cars.data.strong_aug and cars.data.method_args.splitmask.mask_ratio == 0.75  # the small-set recipe stays
+    assert cars.aug.strong.enabled and cars.method.args.mask_ratio == 0.75  # the small-set recipe stays
     assert by_keys[("in1", "b", "long")].model.args.depth == 12  # ViT-B's stand-in keeps 12 blocks to probe
     # Iteration parity counts the images of the dataset a stand-in replaces: the paper's epochs, not Fashion-MNIST's.
     assert [by_keys[(d, "s", "long")].optim.epochs for d in ("in1", "in_full", "coco")] == [30000, 300, 3000]
@@ -229,8 +229,8 @@ def test_cost_model_matches_the_papers_reference_point_and_calibrates(tmp_path):
         ["task=finetune", "data=inat2019", "model=small", "seed=3"],
         ["task=finetune", "model=micro", "data.subset.per_class=60", "pretrained=/r/pretrain/0123456789ab", "seed=1"],
         ["task=linear", "optim.epochs=10", "aug.scale=[1.0,1.0]", "eval.every_epochs=100"],
-        ["task=pretrain", "method=dino", "+method.args.momentum_teacher=0.99", "optim.blr=2e-3", "seed=2"],
-        ["task=finetune", "data=food101", "data.finetune.epochs=7", "optim.warmup_epochs=1"],  # interpolated
+        ["task=pretrain", "method=dino", "method.args.momentum_teacher=0.99", "optim.blr=2e-3", "seed=2"],
+        ["task=finetune", "data=food101", "recipe.epochs=7", "optim.warmup_epochs=1"],  # interpolated
         ["task=finetune", "optim.batch_size=64", "seed=0"],  # a validated key
         ["task=pretrain", "data=imagenet", "data.subset.fraction=0.1", "optim.epochs=${parity:300}"],  # a resolver
         ["optim.warmup_epochs=1", "task=finetune", "data=food101", "+method.args.extra=1", "seed=4"],  # values first
@@ -268,7 +268,7 @@ def test_fast_composer_reports_unknown_keys_as_hydra_does():
     ],
 )
 def test_parity_epochs_come_from_the_named_helper(overrides, epochs):
-    from harness.data import DATASETS, iteration_parity_epochs
+    from harness.catalog import DATASETS, iteration_parity_epochs
 
     typed = any(o.startswith("optim.epochs") for o in overrides)
     items = overrides if typed else [*overrides, "optim.epochs=${parity:300}"]
@@ -303,8 +303,8 @@ def test_dense_tasks_plan_as_not_runnable_with_the_reason(tmp_path):
     sweep = load_sweep(path)
     graph = compile_sweeps([sweep], tmp_path)
     detect = next(j for j in graph.jobs.values() if j.task == "detect")
-    assert graph.jobs[detect.upstream].runnable is True
-    assert "dense-tasks issue" in detect.runnable and "Mask R-CNN" in detect.runnable
+    assert graph.jobs[detect.upstream].blocked is None
+    assert "dense-tasks issue" in detect.blocked and "Mask R-CNN" in detect.blocked
     assert sweep.cells[1].external and sweep.cells[1].stage is None  # a quoted number: no stage, no job
 
 
@@ -320,3 +320,103 @@ def test_external_cells_are_checked(tmp_path, cell, expected):
     path = write(tmp_path, f"stages: {{pretrain: {{}}}}\ncells: [{cell}]\n")
     with pytest.raises(SweepError, match=expected):
         load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("runnable", "blocked"),
+    [("true", None), ('"waits for the tokenizer release"', "waits for the tokenizer release"), ("false", "is false")],
+)
+def test_a_stage_marked_not_runnable_blocks_its_jobs_and_their_dependents(tmp_path, runnable, blocked):
+    """The file's `runnable:` becomes `blocked`: None, or the reason, inherited by every job downstream."""
+    path = write(
+        tmp_path,
+        f"""
+        overrides: [model=micro]
+        stages:
+          pretrain: {{runnable: {runnable}}}
+          finetune: {{grid: {{from: pretrain}}}}
+        """,
+    )
+    sweep = load_sweep(path)
+    graph = compile_sweeps([sweep], tmp_path)
+    jobs = list(graph.jobs.values())
+    if blocked is None:
+        assert sweep.stages["pretrain"].blocked is None and [j.blocked for j in jobs] == [None, None]
+    else:
+        assert all(blocked in j.blocked for j in jobs), [j.blocked for j in jobs]
+
+
+def test_runnable_must_be_true_or_a_reason(tmp_path):
+    with pytest.raises(SweepError, match=r"stages\.pretrain\.runnable: expected true, or a sentence"):
+        load_sweep(write(tmp_path, "stages: {pretrain: {runnable: 3}}"))
+
+
+PARITY = """
+name: parity
+stages:
+  pretrain:
+    overrides: [model=micro, data=imagenet, data.subset.fraction=0.1, "optim.epochs=${parity:300}"]
+"""
+
+
+def test_a_changed_dataset_size_changes_the_cached_graphs_epochs(tmp_path, monkeypatch):
+    """The graph cache is keyed on the dataset catalogue: a train size changed after a compile is not served stale."""
+    import dataclasses
+
+    from harness import catalog
+    from harness.sweep import Request, compile_request
+
+    req = Request([str(write(tmp_path, PARITY))], results=str(tmp_path / "results"))
+    (job,) = compile_request(req).jobs.values()
+    assert job.config.optim.epochs == 3000  # FACTS §3.1: IN-10% at parity with 300 ImageNet epochs
+    (job,) = compile_request(req).jobs.values()  # read back from the cache
+    assert job.config.optim.epochs == 3000 and len(list((tmp_path / "results").rglob("graphs/*.json"))) == 1
+    monkeypatch.setitem(
+        catalog.DATASETS, "imagenet", dataclasses.replace(catalog.DATASETS["imagenet"], train_size=128_117)
+    )
+    (halved,) = compile_request(req).jobs.values()
+    assert halved.config.optim.epochs == 30000  # a tenth of the images: ten times the epochs
+    assert halved.id != job.id
+
+
+def test_the_graph_cache_key_covers_code_config_catalogue_and_versions(tmp_path, monkeypatch):
+    """Every input of `_cache_key` changes it: a Python file anywhere under harness/ or model/, any file of the config
+    tree, a dataset's entry in the catalogue, the version of Hydra (whose private function the Composer calls)."""
+    import dataclasses
+    import importlib.metadata
+
+    from harness import catalog
+    from harness.sweep import graph
+
+    for name in ("harness/train/deep/loop.py", "model/vit.py", "conf/data/x.yaml", "conf/README"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0")
+    monkeypatch.setattr(graph, "ROOT", tmp_path)
+    monkeypatch.setattr(graph, "CONF_DIR", tmp_path / "conf")
+    sweep = load_sweep(write(tmp_path, "stages: {pretrain: {}}"))
+    keys = [graph._cache_key([sweep], ["results"])]
+    assert graph._cache_key([sweep], ["results"]) == keys[0]  # the same inputs, the same key
+    for name in ("harness/train/deep/loop.py", "model/vit.py", "conf/data/x.yaml", "conf/README", "sweep.yaml"):
+        (tmp_path / name).write_text((tmp_path / name).read_text() + "\n# changed")
+        keys.append(graph._cache_key([sweep], ["results"]))
+    keys.append(graph._cache_key([sweep], ["elsewhere"]))
+    info = catalog.DATASETS["coco"]
+    monkeypatch.setitem(catalog.DATASETS, "coco", dataclasses.replace(info, train_size=info.train_size + 1))
+    keys.append(graph._cache_key([sweep], ["elsewhere"]))
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda p: "0.0-other" if p == "hydra-core" else real(p))
+    keys.append(graph._cache_key([sweep], ["elsewhere"]))
+    assert len(set(keys)) == len(keys)
+
+
+def test_an_old_graph_cache_file_is_compiled_again(tmp_path):
+    """A graph file of another layout (format 1 had `runnable`) under the current key is not trusted."""
+    from harness.sweep import Request, compile_request
+
+    req = Request([str(write(tmp_path, PARITY))], results=str(tmp_path / "results"))
+    first = compile_request(req)
+    (cached,) = (tmp_path / "results").rglob("graphs/*.json")
+    cached.write_text(cached.read_text().replace('"blocked": null', '"runnable": true'))
+    again = compile_request(req)
+    assert list(again.jobs) == list(first.jobs) and next(iter(again.jobs.values())).blocked is None
+    assert '"blocked": null' in cached.read_text()  # written again in the current layout

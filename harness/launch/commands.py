@@ -1,61 +1,27 @@
-"""`harness plan / run / status / report`: compare what the sweeps want with what exists, then act.
+"""`harness plan / run / status`: compare what the sweeps want with what exists, then act.
 
 harness plan   sweeps/smoke.yaml                      # jobs per stage: done / running / to submit, GPU-hours
 harness run    sweeps/smoke.yaml --executor local     # submit (or run here) what is missing; safe to repeat
 harness status sweeps/smoke.yaml                      # one row per job; non-zero exit when something failed
-harness report sweeps/smoke.yaml                      # reports/smoke/: tables, figures, claims, index.html
+
+`harness report` is the layer above (`harness.report.build`): it reads the same graph and states.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from harness.launch.journal import Journal
 from harness.launch.queue import Queue, QueueError
-from harness.launch.state import IN_FLIGHT, JobState, observe
-from harness.sweep import Graph, Job, compile_sweeps, load_cluster, load_sweep
+from harness.launch.state import IN_FLIGHT, JobState, State, observe
+from harness.sweep import Graph, Job, Request, compile_request
 
-__all__ = ["Request", "compile_request", "plan", "report", "run", "status"]
+__all__ = ["plan", "run", "status"]
 
-RESULTS_ENV = "HARNESS_RESULTS"
-CLUSTER_ENV = "HARNESS_CLUSTER"
-
-
-@dataclass
-class Request:
-    """What the command line asked for: sweep files, where results live, and how to run."""
-
-    sweeps: list[str]
-    overrides: list[str] = field(default_factory=list)  # Hydra overrides for every job; cluster.X=Y for the cluster
-    profile: str | None = None
-    cluster: str | None = None
-    results: str | None = None
-
-    @property
-    def results_dir(self) -> Path:
-        return Path(self.results or os.environ.get(RESULTS_ENV, "results")).resolve()
-
-
-def compile_request(req: Request) -> Graph:
-    """Load, check and compile the sweeps; SweepError before anything is submitted."""
-    cluster = load_cluster(req.cluster or os.environ.get(CLUSTER_ENV, "slurm"))
-    job_overrides, cluster_overrides = [], {}
-    for item in req.overrides:
-        key, sep, value = item.partition("=")
-        if key.startswith("cluster.") and sep:
-            cluster_overrides[key.removeprefix("cluster.")] = yaml.safe_load(value)
-        else:
-            job_overrides.append(item)
-    sweeps = [load_sweep(path) for path in req.sweeps]
-    cache = req.results_dir / ".harness" / "graphs"
-    return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides, cluster_overrides, cache)
+# States `plan` counts as to submit (when nothing holds the job back): a cancelled job never started.
+RESUBMIT = (State.NOT_SUBMITTED, State.CANCELLED)
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -78,7 +44,8 @@ def plan(req: Request, out=None) -> int:
     graph = compile_request(req)
     states = observe(graph, req.results_dir)
     cost = CostModel()
-    cost.calibrate(req.results_dir, {j.run_dir: j.config for j in graph.jobs.values() if states[j.id].state == "done"})
+    done = {j.run_dir: j.config for j in graph.jobs.values() if states[j.id].state is State.DONE}
+    cost.calibrate(req.results_dir, done)
     estimates = {j.id: cost.estimate(j.config) for j in graph.jobs.values()}
     columns = ["stage", "jobs", "done", "running", "pending", "failed", "to submit", "GPU-h/job", "GPU-h", "estimate"]
     for sweep in graph.sweeps:
@@ -104,23 +71,23 @@ def plan(req: Request, out=None) -> int:
 
 
 def _print_blocked(jobs: list[Job], out) -> None:
-    for reason, n in Counter(str(j.runnable) for j in jobs if j.runnable is not True).items():
+    for reason, n in Counter(j.blocked for j in jobs if j.blocked is not None).items():
         print(f"not runnable yet ({n} jobs): {reason}", file=out)
 
 
 def _plan_row(name: str, jobs: list[Job], states: dict[str, JobState], estimates: dict) -> list:
     count = Counter(states[j.id].state for j in jobs)
-    todo = sum(1 for j in jobs if states[j.id].state in ("not submitted", "cancelled") and j.runnable is True)
+    todo = sum(1 for j in jobs if states[j.id].state in RESUBMIT and j.blocked is None)
     hours = [estimates[j.id].hours for j in jobs]
     sources = sorted({estimates[j.id].source for j in jobs})
     per_job = _hours(sum(hours) / len(hours)) if hours else "-"
     return [
         name,
         len(jobs),
-        count["done"],
-        count["running"],
-        count["pending"],
-        count["failed"],
+        count[State.DONE],
+        count[State.RUNNING],
+        count[State.PENDING],
+        count[State.FAILED],
         todo,
         per_job,
         _hours(sum(hours)),
@@ -136,19 +103,19 @@ def _wanted(graph: Graph, states: dict[str, JobState], retry_failed: bool) -> tu
     held = []
     for job in graph.jobs.values():  # dependency order
         st = states[job.id]
-        if st.state == "done" or job.runnable is not True:
+        if st.state is State.DONE or job.blocked is not None:
             continue
         up = graph.jobs.get(job.upstream) if job.upstream else None
         up_new = up is not None and up.id in submit
         if st.state in IN_FLIGHT:
-            if up_new and st.state == "pending":  # it waits on the old upstream id: re-point by resubmitting
+            if up_new and st.state is State.PENDING:  # it waits on the old upstream id: re-point by resubmitting
                 cancel.append(job)
                 submit[job.id] = job
             continue
-        if st.state == "failed" and not retry_failed:
+        if st.state is State.FAILED and not retry_failed:
             held.append(f"{job.task} {job.label} ({job.id}) failed: --retry-failed resubmits it")
             continue
-        if up is not None and not up_new and states[up.id].state not in ("done", *IN_FLIGHT):
+        if up is not None and not up_new and states[up.id].state not in (State.DONE, *IN_FLIGHT):
             held.append(f"{job.task} {job.label} ({job.id}) waits for its upstream {up.id} ({states[up.id].state})")
             continue
         submit[job.id] = job
@@ -164,12 +131,12 @@ def run(req: Request, executor: str | None = None, retry_failed: bool = False, d
     with journal.lock():
         queue = Queue()
         states = observe(graph, results, queue, journal)
-        unknown = [s for s in states.values() if s.state == "unknown"]
+        unknown = [s for s in states.values() if s.state is State.UNKNOWN]
         if unknown:  # submitting blind could duplicate jobs that are in the queue
             raise QueueError(f"cannot tell which jobs are in flight: {unknown[0].detail}")
         _record_reconciled(journal, states)
         submit, cancel, held = _wanted(graph, states, retry_failed)
-        done = sum(1 for s in states.values() if s.state == "done")
+        done = sum(1 for s in states.values() if s.state is State.DONE)
         flying = sum(1 for s in states.values() if s.state in IN_FLIGHT)
         print(
             f"{len(graph.jobs)} jobs: {done} done, {flying} in flight, {len(submit)} to submit"
@@ -197,7 +164,7 @@ def run(req: Request, executor: str | None = None, retry_failed: bool = False, d
                     f"  submitted {len(group.jobs)} {first.task} job(s): {ids[first.id].split('_')[0]}{after}", file=out
                 )
             return 0
-        finished = {j for j, s in states.items() if s.state == "done"}
+        finished = {j for j, s in states.items() if s.state is State.DONE}
         outcome = run_here(submit, results, journal, executor, finished)
         return 1 if any(v != "done" for v in outcome.values()) else 0
 
@@ -248,7 +215,7 @@ def status(req: Request, out=None) -> int:
                     st.last_metric or st.detail or "-",
                 ]
             )
-            if st.state == "failed":
+            if st.state is State.FAILED:
                 failed = True
                 tails.append((ref, job, st))
         print(_table(["stage", "cell", "state", "job id", "elapsed", "last metric"], rows), file=out)
@@ -259,12 +226,3 @@ def status(req: Request, out=None) -> int:
     counts = Counter(s.state for s in states.values())
     print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
     return 1 if failed else 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-def report(req: Request, out_root: str | None = None, out=None) -> int:
-    """Tables, figures, claims and an HTML page per sweep under reports/ (harness.report.build)."""
-    from harness.report.build import build_reports
-
-    build_reports(req, out_root or "reports", out)
-    return 0

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.data import DATASETS
-from model.vit import SIZES
+from harness.catalog import DATASETS
 
 __all__ = ["CostModel", "Estimate"]
 
@@ -61,12 +60,9 @@ def _kind(cfg: DictConfig) -> tuple[str, str, str, int]:
 
 
 def _model_s_per_image(cfg: DictConfig) -> float:
-    size = SIZES.get(cfg.model.size, SIZES["base"])
-    args = cfg.model.args
-    dim = args.embed_dim or size["embed_dim"]
-    depth = args.depth or size["depth"]
-    patch = args.patch_size or size["patch_size"]
-    tokens = (int(cfg.data.img_size) // patch) ** 2
+    args = cfg.model.args  # a job's config holds its ViT's shape (harness/conf/model/<size>.yaml)
+    dim, depth = args.embed_dim, args.depth
+    tokens = (int(cfg.data.img_size) // args.patch_size) ** 2
     factor = METHOD_FACTOR.get(cfg.method.name, 1.0)
     return REFERENCE_S_PER_IMAGE * factor * dim**2 * depth * tokens / REFERENCE_WORK
 

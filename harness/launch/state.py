@@ -1,17 +1,20 @@
 """Each job's state, from disk first and the scheduler second.
 
 done           result.json exists in the run folder (written last, atomically)
+not runnable   its stage (or its upstream's) cannot run yet: `Job.blocked` says why
+not submitted  never submitted, or an intent whose submission never reached the queue
 running        in the queue and running (SLURM), or its local process lives
 pending        in the queue, waiting (resources, or its upstream: `afterok`)
+unknown        submitted to SLURM, no result, and the queue could not be read (squeue missing or failing)
 failed         submitted, left the queue, ran (a log exists), no result: the log's tail says why
 cancelled      submitted, left the queue without ever starting (e.g. its upstream failed: kill-on-invalid-dep)
-not submitted  never submitted, or an intent whose submission never reached the queue
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from harness.launch.journal import Journal, Submission
@@ -19,14 +22,32 @@ from harness.launch.queue import Queue, QueueError, local_alive
 from harness.sweep.graph import Graph, Job
 from harness.train import RESULT_FILE
 
-__all__ = ["IN_FLIGHT", "JobState", "log_paths", "observe", "submitit_folder", "tail"]
+__all__ = ["IN_FLIGHT", "JobState", "State", "log_paths", "observe", "submitit_folder", "tail"]
 
-IN_FLIGHT = ("running", "pending")
+
+class State(str, Enum):
+    """Where a job stands (the table above). Printed as its value: `done`, `not submitted`..."""
+
+    DONE = "done"
+    NOT_RUNNABLE = "not runnable"
+    NOT_SUBMITTED = "not submitted"
+    RUNNING = "running"
+    PENDING = "pending"
+    UNKNOWN = "unknown"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+IN_FLIGHT = (State.RUNNING, State.PENDING)
+RUNNING_SLURM = ("RUNNING", "COMPLETING", "CONFIGURING")  # squeue states that count as running; others wait
 
 
 @dataclass
 class JobState:
-    state: str
+    state: State
     job_id: str | None = None
     executor: str | None = None
     elapsed: str = ""
@@ -101,9 +122,9 @@ def observe(graph: Graph, results: str | Path, queue: Queue | None = None, journ
     for job in graph.jobs.values():
         states[job.id] = _state(job, found[job.id], submissions.get(job.id), queue, queue_error, results)
     for job in graph.jobs.values():  # cancelled because the upstream failed: say so
-        st = states[job.id]
-        if st.state == "cancelled" and job.upstream and states[job.upstream].state in ("failed", "cancelled"):
-            st.detail = f"upstream {job.upstream} {states[job.upstream].state}"
+        st, up = states[job.id], states.get(job.upstream)
+        if st.state is State.CANCELLED and up is not None and up.state in (State.FAILED, State.CANCELLED):
+            st.detail = f"upstream {job.upstream} {up.state}"
     return states
 
 
@@ -112,7 +133,7 @@ def _state(
 ) -> JobState:
     if result is not None:
         return JobState(
-            "done",
+            State.DONE,
             job_id=sub.job_id if sub else None,
             executor=sub.executor if sub else None,
             elapsed=_format_seconds(result.get("wall_clock_s", 0.0)),
@@ -125,38 +146,38 @@ def _state(
             ),
             result=result,
         )
-    if job.runnable is not True:
-        return JobState("not runnable", detail=str(job.runnable))
+    if job.blocked is not None:
+        return JobState(State.NOT_RUNNABLE, detail=job.blocked)
     if sub is None:
-        return JobState("not submitted")
+        return JobState(State.NOT_SUBMITTED)
     if sub.executor == "slurm":
         if queue_error:
-            return JobState("unknown", job_id=sub.job_id, executor="slurm", detail=queue_error)
+            return JobState(State.UNKNOWN, job_id=sub.job_id, executor="slurm", detail=queue_error)
         if sub.job_id is None:  # crashed between sbatch and the journal: find it by name
             rows = [r for r in queue.by_name(sub.name) if r.array_index == sub.index]
             if not rows:
-                return JobState("not submitted", detail=f"intent {sub.token} never reached the queue")
+                return JobState(State.NOT_SUBMITTED, detail=f"intent {sub.token} never reached the queue")
             sub.job_id = rows[0].job_id
         row = queue.get(sub.job_id)
         if row is not None:
-            state = "running" if row.state in ("RUNNING", "COMPLETING", "CONFIGURING") else "pending"
+            state = State.RUNNING if row.state in RUNNING_SLURM else State.PENDING
             return JobState(
                 state,
                 sub.job_id,
                 "slurm",
                 row.elapsed,
-                row.reason if state == "pending" else "",
+                row.reason if state is State.PENDING else "",
                 _last_metric(job.run_dir),
             )
     elif sub.job_id is not None and sub.executor == "local" and local_alive(sub.job_id):
-        return JobState("running", sub.job_id, "local", last_metric=_last_metric(job.run_dir))
+        return JobState(State.RUNNING, sub.job_id, "local", last_metric=_last_metric(job.run_dir))
     if sub.job_id is None:
-        return JobState("not submitted", detail=f"intent {sub.token} never reached the scheduler")
+        return JobState(State.NOT_SUBMITTED, detail=f"intent {sub.token} never reached the scheduler")
     out, err = log_paths(results, sub.job_id)
     if not out.exists() and not err.exists():
-        return JobState("cancelled", sub.job_id, sub.executor, detail="left the queue without starting")
+        return JobState(State.CANCELLED, sub.job_id, sub.executor, detail="left the queue without starting")
     return JobState(
-        "failed",
+        State.FAILED,
         sub.job_id,
         sub.executor,
         last_metric=_last_metric(job.run_dir),

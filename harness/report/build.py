@@ -6,21 +6,21 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import importlib.metadata
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from harness.io import atomic_write_text
-from harness.launch.commands import Request, compile_request
-from harness.launch.state import observe
+from harness.launch.state import State, observe
 from harness.provenance import git_sha
 from harness.report.claims import NOT_ENOUGH, evaluate
 from harness.report.collect import collect_graph
 from harness.report.table import latex, layout, markdown, summarize
-from harness.sweep import Sweep
+from harness.sweep import Request, Sweep, compile_request
 
-__all__ = ["build_reports", "judge_claims"]
+__all__ = ["build_reports", "judge_claims", "report"]
 
 
 def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
@@ -41,17 +41,28 @@ def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _figure_code() -> bytes:
+    """What draws a figure besides its data: the drawing module and the matplotlib release (its styles, its
+    layout), read from the package metadata so that a report with nothing to draw never imports matplotlib."""
+    try:
+        matplotlib = importlib.metadata.version("matplotlib")
+    except importlib.metadata.PackageNotFoundError:
+        matplotlib = "not installed"
+    return (Path(__file__).parent / "figures.py").read_bytes() + f"\0matplotlib {matplotlib}".encode()
+
+
 def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
     """The sweep's figures as PNG (and SVG), drawn again only when what they plot changed: matplotlib takes
-    seconds to import and draw, and a report is often rebuilt with the same results."""
-    code = (Path(__file__).parent / "figures.py").read_bytes()
+    seconds to import and draw, and a report is often rebuilt with the same results. The key of a figure is its
+    spec, the sweep's name and title, the drawing code (`_figure_code`) and every column `figure_points` reads."""
+    code = _figure_code()
     stale, pngs = [], []
     for figure in sweep.figures:
         rows = df[(df.stage == figure.stage) & (df.metric == figure.metric)] if len(df) else df
-        used = [c for c in ("cell_index", "value", "paper", "state") if c in rows.columns]
+        used = [c for c in ("sweep", "cell_index", "value", "paper", "tolerance", "state") if c in rows.columns]
         used += sorted(c for c in rows.columns if c.startswith("key."))
         data = rows[used].to_csv(index=False).encode() if len(rows) else b""
-        key = hashlib.sha256(repr((figure, sweep.title)).encode() + code + data).hexdigest()
+        key = hashlib.sha256(repr((figure, sweep.name, sweep.title)).encode() + code + data).hexdigest()
         png, stamp = folder / f"{figure.name}.png", folder / f"{figure.name}.key"
         pngs.append(png)
         fresh = png.exists() and png.with_suffix(".svg").exists() and stamp.exists() and stamp.read_text() == key
@@ -89,7 +100,7 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
         figures = _figures(sweep, mine, folder)
         claims = judge_claims(sweep, summary)
         sweep_jobs = sorted({job.id for _, job in graph.refs(sweep.name)})  # pre-trainings too
-        finished = [states[j].result for j in sweep_jobs if states[j].state == "done"]
+        finished = [states[j].result for j in sweep_jobs if states[j].state is State.DONE]
         gpu_hours = sum(r.get("gpu_hours") or 0.0 for r in finished)
         device_hours = sum(r.get("device_hours") or 0.0 for r in finished)
         provenance = {
@@ -118,3 +129,9 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
             print(f"claim: {claim['claim']}: paper {claim['paper']}, ours {claim['ours']}", file=out)
         print(f"\nreport: {page}", file=out)
     return pages
+
+
+def report(req: Request, out_root: str | Path | None = None, out=None) -> int:
+    """`harness report`: the reports of `req` under `out_root` (default reports/); the exit status, 0."""
+    build_reports(req, out_root or "reports", out)
+    return 0

@@ -8,47 +8,21 @@ A claim lives in its sweep file, next to the cells it speaks of:
                 dino_full: {method: dino, pretrain_data: in_full}, dino_1: {method: dino, pretrain_data: in_1}}
         check: sm_full - sm_1 < dino_full - dino_1
 
-`check` is a small arithmetic expression (numbers, the names of `cells`, + - * /, comparisons, and / or / not),
-parsed with `ast` and evaluated without `eval`. Its verdict: holds, fails, or not enough results.
+`check`'s grammar (numbers, the names of `cells`, + - * /, comparisons, and / or / not) is checked when the sweep is
+read (`harness.sweep.expression`); here it is evaluated without `eval`. Its verdict: holds, fails, or not enough
+results.
 """
 
 from __future__ import annotations
 
 import ast
-import operator
 from collections.abc import Mapping
 
-__all__ = ["FAILS", "HOLDS", "NOT_ENOUGH", "check_expression", "evaluate"]
+from harness.sweep.expression import BINARY, COMPARE, check_expression
+
+__all__ = ["FAILS", "HOLDS", "NOT_ENOUGH", "evaluate"]
 
 HOLDS, FAILS, NOT_ENOUGH = "holds", "fails", "not enough results"
-
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_COMPARE = {
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-}
-
-
-def check_expression(text: str, names: set[str]) -> ast.Expression:
-    """Parse `text`, allowing only the grammar above and the given names; ValueError says what is not allowed."""
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"not an expression: {text!r} ({err.msg})") from err
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id not in names:
-            raise ValueError(f"'{node.id}' is not one of the claim's cells ({', '.join(sorted(names))})")
-        allowed = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.BinOp, ast.UnaryOp, ast.USub, ast.Not)
-        allowed += (ast.Compare, ast.BoolOp, ast.And, ast.Or, *_BINARY, *_COMPARE)
-        if not isinstance(node, allowed):
-            raise ValueError(f"'{ast.unparse(node)}' is not allowed in a claim (numbers, cell names, + - * /, <, and)")
-        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
-            raise ValueError(f"only numbers may appear as constants, not {node.value!r}")
-    return tree
 
 
 def evaluate(text: str, values: Mapping[str, float | None]) -> str:
@@ -68,7 +42,7 @@ def _eval(node: ast.AST, values: Mapping[str, float]):
         value = _eval(node.operand, values)
         return -value if isinstance(node.op, ast.USub) else not value
     if isinstance(node, ast.BinOp):
-        return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
+        return BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
     if isinstance(node, ast.BoolOp):
         results = [_eval(v, values) for v in node.values]
         return all(results) if isinstance(node.op, ast.And) else any(results)
@@ -76,7 +50,7 @@ def _eval(node: ast.AST, values: Mapping[str, float]):
         left = _eval(node.left, values)
         for op, right_node in zip(node.ops, node.comparators):
             right = _eval(right_node, values)
-            if not _COMPARE[type(op)](left, right):
+            if not COMPARE[type(op)](left, right):
                 return False
             left = right
         return True

@@ -6,9 +6,10 @@
 Columns: sweep, table (the sweep's title), cell_index (the cell's place in the sweep's `cells`), stage, cell (the
 cell's keys as `k=v ...`), job (the job's keys), metric, value (NaN until done), paper, tolerance, seed, protocol
 (finetune / linear / layer; from result.json or the config), epoch_rule (the cell's: last or best), epochs,
-pretrain_epochs (the upstream's), layer (linear probe), img_size, job_id, config_hash, state, gpu_hours, run_dir,
-and one `key.<name>` column per job key. A corrupt or incomplete result.json is skipped with a warning naming the
-file (its row's state says "corrupt").
+pretrain_epochs (the upstream's), layer (linear probe), img_size, job_id, config_hash, state (the job's
+`harness.launch.state.State` as its plain string: done, pending...), gpu_hours, run_dir, and one `key.<name>` column
+per job key. A corrupt or incomplete result.json is skipped with a warning naming the file (its row's state says
+"corrupt").
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.launch.commands import Request, compile_request
-from harness.launch.state import JobState, observe
-from harness.sweep import Cell, Graph
+from harness.launch.state import JobState, State, observe
+from harness.sweep import Cell, Graph, Request, compile_request
 from harness.train import RESULT_FILE
 
 __all__ = ["COLUMNS", "collect", "collect_graph"]
@@ -63,7 +63,7 @@ def _metric(result: dict, key: str) -> float | None:
 def _read(run_dir: Path, state: JobState) -> tuple[dict | None, str]:
     path = run_dir / RESULT_FILE
     if not path.exists():
-        return None, state.state
+        return None, state.state.value
     try:
         result = json.loads(path.read_text())
         if not isinstance(result, dict):
@@ -71,7 +71,7 @@ def _read(run_dir: Path, state: JobState) -> tuple[dict | None, str]:
     except (OSError, ValueError) as err:
         warnings.warn(f"skipping {path}: unreadable result ({err})", stacklevel=3)
         return None, "corrupt"
-    return result, "done"
+    return result, State.DONE.value
 
 
 def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
@@ -85,7 +85,7 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
             for ref, job in graph.select(sweep.name, cell.stage, cell.keys):
                 if job.id not in cache:
                     st = states[job.id]  # observe() has parsed the result of a done job already
-                    cache[job.id] = (st.result, "done") if st.state == "done" else _read(job.run_dir, st)
+                    cache[job.id] = (st.result, State.DONE.value) if st.state is State.DONE else _read(job.run_dir, st)
                 result, state = cache[job.id]
                 value = math.nan
                 if result is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, Composer, ConfigError, config_hash
+from harness.catalog import DATASETS
+from harness.config import CONF_DIR, Composer, ConfigError, config_hash, encoder_overrides
 from harness.io import atomic_write_text
 from harness.sweep.spec import CLUSTER_KEYS, Block, Stage, Sweep, SweepError, check_override
 
@@ -49,7 +51,7 @@ class Job:
     run_dir: Path
     upstream: str | None  # id of the job whose encoder this one starts from
     cluster: dict[str, Any]  # resolved cluster settings (profile, then stage, then command line)
-    runnable: bool | str
+    blocked: str | None  # None: it can run; else why not yet (its stage's reason, or its upstream's)
     refs: list[Ref] = field(default_factory=list)
 
     @functools.cached_property
@@ -87,9 +89,6 @@ class Graph:
                     index.setdefault(tuple(ref.keys.get(n) for n in names), []).append((ref, job))
             self._index[(sweep, stage, names)] = index
         return index.get(tuple(keys[n] for n in names), [])
-
-    def dependents(self, job_id: str) -> list[Job]:
-        return [j for j in self.jobs.values() if j.upstream == job_id]
 
 
 @dataclass(frozen=True)
@@ -218,7 +217,9 @@ class _Compiler:
 
     def job(self, sweep: Sweep, stage: Stage, keys: dict, overrides: list[str], upstream: Job | None, where: str):
         task = stage.task
-        full = [f"task={task}", *self.profile.apply(task, overrides), *self.cli]
+        # A downstream job's encoder has its upstream's shape (and LayerScale): before the job's own overrides.
+        inherited = encoder_overrides(upstream.container) if upstream is not None else []
+        full = [f"task={task}", *inherited, *self.profile.apply(task, overrides), *self.cli]
         if upstream is not None:
             full.append(f"pretrained={upstream.run_dir}")
         try:
@@ -231,7 +232,7 @@ class _Compiler:
         wanted = stage.cluster if self.profile.stage_cluster else {}
         cluster = {**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli}
         if job_id not in self.jobs:
-            runnable = stage.runnable if upstream is None or upstream.runnable is True else upstream.runnable
+            blocked = upstream.blocked if upstream is not None and upstream.blocked else stage.blocked
             self.jobs[job_id] = Job(
                 id=job_id,
                 task=task,
@@ -239,7 +240,7 @@ class _Compiler:
                 run_dir=self.results / task / job_id,
                 upstream=upstream.id if upstream else None,
                 cluster=cluster,
-                runnable=runnable,
+                blocked=blocked,
             )
             self.stage_cluster[job_id] = (wanted, f"{sweep.path}: stages.{stage.name}")
         elif wanted:  # a shared job: the stage that sets its resources decides, whichever sweep comes first
@@ -300,7 +301,8 @@ def compile_sweeps(
 
     Cluster settings: `cluster` (a profile), then the `--profile`'s, then each stage's, then `cluster_overrides`
     (the command line's `cluster.KEY=VALUE`), the last one winning. With `cache` (a folder), a graph compiled
-    before from the very same inputs (sweep files, config tree, this code, arguments) is read back instead.
+    before from the very same inputs (see `_cache_key`: sweep files, config tree, code, catalogue, library versions,
+    arguments) is read back instead.
     """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
@@ -327,14 +329,35 @@ def compile_sweeps(
 
 # Compiling 10,000 jobs costs seconds; plan / status / report read a compiled graph back when nothing changed.
 CACHE_KEEP = 8  # graph files kept per results folder (the most recently used)
+CACHE_FORMAT = 2  # the layout of a graph file; 2: jobs carry `blocked` (1 had `runnable`)
+ROOT = Path(__file__).resolve().parents[2]
+# What a compiled graph depends on besides the sweep files and the arguments: all the code that composes, resolves
+# and hashes a config (`${parity}` reads the dataset catalogue; the fast Composer calls a private function of Hydra),
+# the whole config tree, and the versions of the libraries that compose and of the project.
+CACHE_CODE = ("harness", "model")  # every *.py below these folders of the checkout
+CACHE_PACKAGES = ("hydra-core", "omegaconf", "splitmask-harness")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _cache_key(sweeps: list[Sweep], arguments: list) -> str:
-    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=repr).encode())
-    code = Path(__file__).resolve().parent
-    inputs = [s.path for s in sweeps] + sorted(CONF_DIR.rglob("*.yaml")) + sorted(code.glob("*.py"))
-    for path in [*inputs, code.parent / "config.py"]:
-        digest.update(str(path).encode() + b"\0" + Path(path).read_bytes())
+    """A digest of everything the compiled graph depends on: the arguments, the cache format, the dataset catalogue
+    as this process holds it (a value changed at run time changes the key too), the library versions, and the bytes
+    of the sweep files, of every file of the config tree and of every Python file of `harness` and `model`. Reading
+    ~100 small files costs a few milliseconds; a stale graph costs wrong epochs and wrong job identities."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, arguments], sort_keys=True, default=repr).encode())
+    digest.update(repr(list(DATASETS.items())).encode())
+    digest.update(repr([(p, _version(p)) for p in CACHE_PACKAGES]).encode())
+    files = [Path(s.path) for s in sweeps] + sorted(p for p in CONF_DIR.rglob("*") if p.is_file())
+    files += sorted(p for folder in CACHE_CODE for p in (ROOT / folder).rglob("*.py"))
+    for path in files:
+        data = path.read_bytes()
+        digest.update(f"\0{path}\0{len(data)}\0".encode() + data)
     return digest.hexdigest()[:24]
 
 
@@ -356,7 +379,7 @@ def _write_jobs(path: Path, jobs: dict[str, Job]) -> None:
 
     records = [
         {"id": j.id, "task": j.task, "container": [part(k, v) for k, v in j.container.items()],
-         "run_dir": str(j.run_dir), "upstream": j.upstream, "cluster": j.cluster, "runnable": j.runnable,
+         "run_dir": str(j.run_dir), "upstream": j.upstream, "cluster": j.cluster, "blocked": j.blocked,
          "refs": [vars(r) for r in j.refs]}
         for j in jobs.values()
     ]  # fmt: skip
@@ -374,5 +397,5 @@ def _read_jobs(path: Path) -> dict[str, Job]:
         refs = [Ref(**ref) for ref in r["refs"]]
         container = dict(parts[i] for i in r["container"])  # entries shared between jobs: read-only, as composed
         jobs[r["id"]] = Job(r["id"], r["task"], container, Path(r["run_dir"]), r["upstream"], r["cluster"],
-                            r["runnable"], refs)  # fmt: skip
+                            r["blocked"], refs)  # fmt: skip
     return jobs

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from harness.config import CONF_DIR, NOT_YET_TRAINABLE, TASKS
+from harness.sweep.expression import check_expression
 
 __all__ = [
     "CLUSTER_KEYS", "Block", "Cell", "Claim", "Figure", "Stage", "Sweep", "SweepError", "check_override", "load_sweep",
@@ -25,7 +26,7 @@ TOP_KEYS = (
     "name", "title", "source", "overrides", "stages", "cells", "cell_defaults", "layout", "figures", "claims",
 )  # fmt: skip
 CLAIM_KEYS = ("text", "check", "cells")
-STAGE_KEYS = ("task", "overrides", "grid", "cluster", "runnable")
+STAGE_KEYS = ("task", "overrides", "grid", "cluster", "runnable")  # `runnable: <why not>` is read as Stage.blocked
 # Cluster settings of a stage (and of harness/conf/cluster/*.yaml), mapped to submitit in harness.launch.executors.
 CLUSTER_KEYS = (
     "partition",
@@ -82,7 +83,7 @@ class Stage:
     overrides: tuple[str, ...]
     blocks: tuple[Block, ...]
     cluster: dict[str, Any]
-    runnable: bool | str = True  # False-like: a string saying why the stage cannot run yet
+    blocked: str | None = None  # None: its jobs can run; else why they cannot yet (planned and shown, not submitted)
 
     @property
     def upstreams(self) -> set[str]:
@@ -262,8 +263,6 @@ class _Reader:
 
     def claim(self, i: int, spec: Any, cells: tuple[Cell, ...]) -> Claim:
         """`cells: {name: {stage, metric, <key>: <label>...}}` must each select exactly one cell of the sweep."""
-        from harness.report.claims import check_expression  # the expression grammar lives with its evaluator
-
         where = f"claims[{i}]"
         spec = self.mapping(spec, where, CLAIM_KEYS)
         for key in CLAIM_KEYS:
@@ -318,19 +317,27 @@ class _Reader:
             self.block(f"{where}.grid" + (f"[{i}]" if isinstance(grid, list) else ""), b)
             for i, b in enumerate(blocks_data)
         )
-        runnable = spec.get("runnable", True)
-        if not isinstance(runnable, (bool, str)):
-            raise self.error(f"{where}.runnable", "expected true, or a sentence saying why the stage cannot run yet")
-        if task in NOT_YET_TRAINABLE and runnable is True:
-            runnable = NOT_YET_TRAINABLE[task]  # planned and shown, not submitted
+        blocked = self.blocked(where, spec.get("runnable", True))
+        if blocked is None and task in NOT_YET_TRAINABLE:
+            blocked = NOT_YET_TRAINABLE[task]  # planned and shown, not submitted
         return Stage(
             name=name,
             task=task,
             overrides=self.overrides(spec.get("overrides"), f"{where}.overrides"),
             blocks=blocks,
             cluster=self.mapping(spec.get("cluster"), f"{where}.cluster", CLUSTER_KEYS),
-            runnable=runnable,
+            blocked=blocked,
         )
+
+    def blocked(self, where: str, runnable: Any) -> str | None:
+        """The file's `runnable:` (true, false, or a sentence saying why not) as `Stage.blocked`: None or a reason."""
+        if runnable is True:
+            return None
+        if runnable is False:
+            return f"{self.path}: {where}.runnable is false"
+        if isinstance(runnable, str) and runnable.strip():
+            return runnable.strip()
+        raise self.error(f"{where}.runnable", "expected true, or a sentence saying why the stage cannot run yet")
 
     def block(self, where: str, spec: Any) -> Block:
         spec = self.mapping(spec, where)
