@@ -47,6 +47,7 @@ __all__ = [
     "compose",
     "config_hash",
     "derived",
+    "encoder_overrides",
     "load_config",
     "save_config",
 ]  # fmt: skip
@@ -76,7 +77,20 @@ def _parity(reference_epochs: int, significant: int = 1, *, _root_: DictConfig) 
     return iteration_parity_epochs(round(images), int(reference_epochs), significant=int(significant))
 
 
+def _catalog(fact: str, *, _root_: DictConfig):
+    """`${catalog:num_classes}`: a fact (num_classes, in_chans, mean, std) of the images a job reads (`data.name`),
+    from the dataset catalogue (`harness.catalog.DATASETS`), so that the job's config holds its value."""
+    name = _root_.data.name
+    if name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
+    if fact not in ("num_classes", "in_chans", "mean", "std"):
+        raise ConfigError(f"${{catalog:{fact}}}: not a fact of the catalogue; valid: num_classes, in_chans, mean, std")
+    value = getattr(DATASETS[name], fact)
+    return OmegaConf.create(list(value)) if isinstance(value, tuple) else value
+
+
 OmegaConf.register_new_resolver("parity", _parity, replace=True)
+OmegaConf.register_new_resolver("catalog", _catalog, replace=True)
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -97,8 +111,10 @@ def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
         return hydra_compose("config", overrides=list(overrides))
 
 
-# Keys `_validate` reads: an override of one of them always goes through `compose`.
+# Keys `_validate` and the resolvers (`${catalog:...}`, `${parity:...}`) read: an override of one of them always goes
+# through `compose`.
 VALIDATED_KEYS = ("task", "method", "optim.lr", "optim.blr", "optim.batch_size", "optim.accum_steps", "run.amp")
+RESOLVER_KEYS = ("data.name", "data.stands_in_for", "data.subset")
 
 
 # Hydra's composition of each set of group options (unresolved), shared by every Composer of this process and keyed
@@ -172,7 +188,8 @@ class Composer:
         def related(a: str, b: str) -> bool:
             return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
-        if any(related(key, r) for r in self.referenced) or any(related(key, v) for v in VALIDATED_KEYS):
+        read = (*VALIDATED_KEYS, *RESOLVER_KEYS)
+        if any(related(key, r) for r in self.referenced) or any(related(key, v) for v in read):
             return None
         return key, override.value()
 
@@ -207,6 +224,12 @@ class Composer:
 def _explain(err: Exception, overrides: Sequence[str]) -> str:
     """Hydra's message (which lists a group's options) plus the closest valid key for a misspelt override."""
     message = str(err).strip()
+    if "Interpolation key 'recipe." in message:
+        recipes = ", ".join(sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml")))
+        message += (
+            "\n  this dataset has no fine-tuning recipe (unlabelled: pre-training only); "
+            f"pick one with recipe=NAME ({recipes})"
+        )
     base = OmegaConf.load(CONF_DIR / "config.yaml")
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
@@ -233,6 +256,25 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.batch_size {cfg.optim.batch_size} is not a multiple of accum_steps")
     if cfg.run.amp not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"run.amp must be auto, bf16, fp16 or fp32, got {cfg.run.amp!r}")
+    tokenizer = cfg.method.args.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, DictConfig):
+        names = ", ".join(sorted(p.stem for p in (CONF_DIR / "tokenizer").glob("*.yaml")))
+        raise ConfigError(
+            f"method.args.tokenizer={tokenizer}: a tokenizer is a config group with its own arguments; select it with "
+            f"tokenizer={tokenizer} (harness/conf/tokenizer/: {names})"
+        )
+
+
+# The ViT arguments a downstream job (fine-tuning, probe) takes from the pre-training whose encoder it starts from.
+INHERITED_ENCODER_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "layer_scale_init")
+
+
+def encoder_overrides(upstream: dict | DictConfig) -> list[str]:
+    """`model.args.KEY=VALUE` overrides that give a downstream job the encoder of its upstream pre-training (a
+    resolved config): the same shape, and LayerScale where the pre-training had it, as BEiT fine-tunes its encoders.
+    They go before the job's own overrides, which may still change them."""
+    args = upstream["model"]["args"]
+    return [f"model.args.{k}={'null' if args[k] is None else args[k]}" for k in INHERITED_ENCODER_ARGS]
 
 
 @dataclass(frozen=True)

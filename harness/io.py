@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 __all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
 
-_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it), then put back
-os.umask(_UMASK)
-
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(f)` on a temporary file next to `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # Mode 0666 less the process umask, as open() would make the file (mkstemp's 0600 would hide results and reports
+    # from colleagues); O_EXCL: a name taken by another writer is an error, never a shared file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: results and reports are shared with colleagues
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -12,6 +12,9 @@ Everything else is optional and has a no-op default:
 - `after_backward(epoch)`: between backward and the optimiser step (DINO cancels its last layer's gradient during
   the first epoch).
 - `after_step()`: after the optimiser step (DINO's EMA teacher update).
+- `views`, `labelled`, `takes_encoder` (class attributes): what the data pipeline gives the method, whether it
+  learns from labels, whether it wraps an encoder it is given. The harness builds the pipeline from them and knows
+  no method by name.
 - `export_encoder`: the ViT whose weights fine-tuning and linear probing start from (`encoder` unless the method
   says otherwise: DINO exports its teacher).
 """
@@ -19,6 +22,7 @@ Everything else is optional and has a no-op default:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -43,6 +47,12 @@ class Method(nn.Module):
     """Base class for pre-training methods; see the module docstring for the contract."""
 
     encoder: nn.Module
+    # What the data pipeline hands `forward`: "masked" (an image and its mask from `self.mask_generator`: SplitMask,
+    # BEiT), "multi_crop" (DINO's crops), "labelled" (an augmented image and its label: fine-tuning, supervised) or
+    # "probe" (a cropped image and its label, for a frozen encoder).
+    views: ClassVar[str]
+    labelled: ClassVar[bool] = False  # trained on labels and evaluated on the eval split
+    takes_encoder: ClassVar[bool] = False  # wraps an encoder it is given (which `pretrained=` may load)
 
     @property
     def export_encoder(self) -> nn.Module:

@@ -1,7 +1,8 @@
 """Every paper table and figure as a sweep: each compiles, keeps its graph under the smoke profile, shares its jobs
 with the other sweeps, takes its epochs from the parity rule, and runs end to end into a report (--profile smoke).
 
-The end-to-end test writes the reports of every paper sweep to reports/smoke-profile/<sweep>/ (not committed).
+The end-to-end test (slow: minutes) writes the results and the reports of every paper sweep into a temporary folder,
+as `harness report sweeps/*.yaml --profile smoke --out <folder>` would.
 """
 
 from __future__ import annotations
@@ -12,22 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import DATASETS, iteration_parity_epochs
+from harness.catalog import DATASETS, iteration_parity_epochs
 from harness.launch import commands
-from harness.launch.commands import Request, compile_request
 from harness.launch.queue import Queue
-from harness.launch.state import observe
+from harness.launch.state import State, observe
 from harness.report.build import build_reports, judge_claims
 from harness.report.claims import HOLDS
 from harness.report.table import summarize
-from harness.sweep import compile_sweeps, load_sweep
+from harness.sweep import Request, compile_request, compile_sweeps, load_sweep
 from tests.helpers import needs_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "smoke")
 # The figures whose x-axis is the pre-training length type their epochs; every other pre-training is at parity.
 EPOCH_FIGURES = {"fig_how_long", "fig3_cars_length"}
-SMOKE_REPORTS = ROOT / "reports" / "smoke-profile"
 
 
 def _shape(graph) -> Counter:
@@ -53,25 +52,26 @@ def test_the_same_pretraining_in_several_sweeps_is_one_job(tmp_path):
             continue
         c = job.container
         args = c["method"]["args"]
-        variant = "".join(k[0] for k in ("split", "inpaint", "match") if args.get(k, True))  # T6's switches
-        recipe = (c["method"]["name"], args.get("tokenizer"), variant, c["model"]["size"], c["data"]["name"],
+        variant = "".join(k[0] for k in ("inpaint", "match") if args.get(k, True))  # T6's switches
+        tokenizer = (args.get("tokenizer") or {}).get("name")
+        recipe = (c["method"]["name"], tokenizer, variant, c["model"]["size"], c["data"]["name"],
                   c["data"]["subset"]["fraction"], c["optim"]["epochs"])  # fmt: skip
         assert recipe not in by_recipe, f"two pre-training jobs for {recipe}: their configs differ somewhere else"
         by_recipe[recipe] = {r.sweep for r in job.refs}
     assert {"t6_ablation", "fig2_linear_layers", "t4_imagenet", "t5_target", "t3_coco", "ade20k"} <= by_recipe[
-        ("beit", "dalle", "sim", "base", "imagenet", None, 300)
+        ("beit", "dalle", "im", "base", "imagenet", None, 300)
     ]
     assert {"t1_sample_efficiency", "fig_sample_efficiency", "t5_target", "robustness", "t3_coco"} <= by_recipe[
-        ("supervised", None, "sim", "small", "imagenet", None, 300)
+        ("supervised", None, "im", "small", "imagenet", None, 300)
     ]
     assert {"t1_sample_efficiency", "fig_how_long", "fig_sample_efficiency"} <= by_recipe[
-        ("splitmask", "random_projection", "sim", "small", "imagenet", 0.1, 3000)
+        ("splitmask", "random_projection", "im", "small", "imagenet", 0.1, 3000)
     ]
     assert {"t1_sample_efficiency", "robustness", "t3_coco"} <= by_recipe[
-        ("splitmask", "random_projection", "sim", "small", "coco", None, 3000)
+        ("splitmask", "random_projection", "im", "small", "coco", None, 3000)
     ]
     assert {"t5_target", "robustness", "fig3_cars_length"} <= by_recipe[
-        ("splitmask", "random_projection", "sim", "small", "stanford_cars", None, 5000)
+        ("splitmask", "random_projection", "im", "small", "stanford_cars", None, 5000)
     ]
     total = sum(len(compile_sweeps([load_sweep(p)], tmp_path).jobs) for p in PAPER)
     assert len(graph.jobs) < total  # shared jobs counted once
@@ -108,25 +108,28 @@ def test_every_claim_holds_on_the_papers_numbers():
 
 
 @needs_data
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # 214 jobs and 12 reports: ~150 s on 2 cores, more on a busy one
 def test_every_paper_sweep_runs_under_the_smoke_profile_into_its_report(tmp_path_factory):
     """The whole paper at micro scale, in this process (`--executor debug`: a job costs a second, where a process
     per job would cost its imports, ~7 s), then every sweep's report."""
-    results = tmp_path_factory.mktemp("paper") / "results"
+    folder = tmp_path_factory.mktemp("paper")
+    results, reports = folder / "results", folder / "reports"
     req = Request([str(p) for p in PAPER], [], profile="smoke", results=str(results))
     assert commands.run(req, "debug") == 0
     graph = compile_request(req)
     states = observe(graph, req.results_dir, Queue())
     counts = Counter(s.state for s in states.values())
-    runnable = sum(1 for j in graph.jobs.values() if j.runnable is True)
-    assert counts["done"] == runnable and counts["done"] + counts["not runnable"] == len(graph.jobs), counts
+    runnable = sum(1 for j in graph.jobs.values() if j.blocked is None)
+    assert counts[State.DONE] == runnable, counts
+    assert counts[State.DONE] + counts[State.NOT_RUNNABLE] == len(graph.jobs), counts
 
     with open(results / "report.txt", "w") as printed:
-        pages = build_reports(req, SMOKE_REPORTS, out=printed)
-    assert [p.parent.name for p in pages] == [load_sweep(p).name for p in PAPER]
+        pages = build_reports(req, reports, out=printed)
+    assert [p.parent for p in pages] == [reports / load_sweep(p).name for p in PAPER]
     for path in PAPER:
         sweep = load_sweep(path)
-        folder = SMOKE_REPORTS / sweep.name
+        folder = reports / sweep.name
         assert (folder / "index.html").stat().st_size > 0
         table = (folder / "table.md").read_text()
         for cell in sweep.cells:

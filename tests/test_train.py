@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from omegaconf import OmegaConf
 
 import model
 from harness.config import ConfigError, compose, config_hash, derived
@@ -46,7 +47,9 @@ def test_compose_picks_each_tasks_recipe():
     assert ft.method.name == "classifier" and ft.optim.lr == 1.4e-4 and ft.aug.auto_augment.startswith("rand-m7")
     cars = compose(["task=finetune", "data=stanford_cars"])
     assert cars.optim.layer_decay == 0.65 and cars.optim.warmup_epochs == 60 and not cars.aug.repeated_aug
-    assert compose(["data=stanford_cars"]).data.method_args.splitmask.mask_ratio == 0.75
+    small = compose(["data=stanford_cars"]).method.args  # the smallest sets' SplitMask: 75% uniform masking
+    assert small.mask_ratio == 0.75 and small.mask_pattern == "random"
+    assert compose(["task=finetune", "data=stanford_cars", "recipe=table7_large"]).optim.lr == 1.4e-4
 
 
 def test_config_errors_name_the_fix():
@@ -56,6 +59,10 @@ def test_config_errors_name_the_fix():
         compose(["data=fashion"])
     with pytest.raises(ConfigError, match="not method=splitmask"):
         compose(["task=finetune", "method=splitmask"])
+    with pytest.raises(ConfigError, match="select it with tokenizer=dalle"):
+        compose(["method=beit", "method.args.tokenizer=dalle"])
+    with pytest.raises(ConfigError, match="no fine-tuning recipe"):
+        compose(["task=finetune", "data=coco"])
 
 
 def test_derived_lr_and_batch():
@@ -80,7 +87,8 @@ def test_identity_ignores_workers_and_logging():
 def test_pretrain_writes_a_complete_run_folder(tmp_path):
     cfg = compose([*TINY, "optim.epochs=1"])
     result = train(cfg, tmp_path)
-    for name in ("config.yaml", "metrics.jsonl", "env.json", "last.pt", "encoder.pt", "result.json"):
+    files = ("config.yaml", "metrics.jsonl", "env.json", "last.pt", "encoder.pt", "encoder.safetensors", "result.json")
+    for name in (*files, "encoder.harness.pt"):
         assert (tmp_path / name).is_file(), name
     records = _metrics(tmp_path)
     assert [r["it"] for r in records] == list(range(1, 7))
@@ -171,25 +179,94 @@ def test_finetune_from_scratch_learns_fashion_mnist(tmp_path):
 
 @needs_data
 def test_finetune_and_linear_probe_start_from_a_pretraining_run(tmp_path):
+    from harness.config import encoder_overrides, load_config
+
     pre = tmp_path / "pre"
     train(compose([*TINY, "optim.epochs=1"]), pre)
-    encoder = torch.load(pre / "encoder.pt", weights_only=True)
-    assert "mask_token" not in encoder["state_dict"] and encoder["args"]["layer_scale_init"] == 0.1
+    saved = torch.load(pre / "encoder.harness.pt", weights_only=True)
+    assert "mask_token" not in saved["state_dict"] and saved["args"]["layer_scale_init"] == 0.1
 
+    # A downstream job of a sweep (or of `harness train ... pretrained=`) takes the pre-training's encoder shape: its
+    # LayerScale is kept and fine-tuned, as BEiT does. Without it, the LayerScale is folded in (exact).
+    inherit = encoder_overrides(load_config(pre / "config.yaml"))
     common = [*TINY, f"pretrained={pre}", "optim.epochs=1", "eval.per_class=10"]
-    ft = train(compose(["task=finetune", *common]), tmp_path / "ft")
+    ft = train(compose(["task=finetune", *inherit, *common]), tmp_path / "ft")
     lin = train(compose(["task=linear", *common, "linear.layer=2"]), tmp_path / "lin")
-    assert ft["protocol"] == "finetune" and lin["protocol"] == "layer"
+    assert ft["protocol"] == "finetune" and lin["protocol"] == "linear"
     assert 0 <= lin["top1"] <= 100
-    # the probe did not move the encoder
-    state = torch.load(tmp_path / "lin" / "last.pt", weights_only=True)["model"]
-    assert torch.equal(state["encoder.blocks.0.attn.qkv.weight"], encoder["state_dict"]["blocks.0.attn.qkv.weight"])
+    tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["model"]
+    assert "encoder.blocks.0.ls1.gamma" in tuned
+    # the probe did not move the encoder, and its folded weights compute what the pre-trained encoder computed
+    probe = torch.load(tmp_path / "lin" / "last.pt", weights_only=True)["model"]
+    assert "encoder.blocks.0.ls1.gamma" not in probe
+    folded = torch.load(pre / "encoder.pt", weights_only=True)
+    assert torch.equal(probe["encoder.blocks.0.attn.proj.weight"], folded["blocks.0.attn.proj.weight"])
 
 
-def test_checkpointable_job_requeues_itself():
-    job = TrainJob()
-    resubmission = job.checkpoint({"task": "pretrain"}, "results/pretrain/abc")
-    assert resubmission.function is job and resubmission.args == ({"task": "pretrain"}, "results/pretrain/abc")
+@needs_data
+def test_encoder_pt_loads_strictly_into_plain_timm_and_computes_the_same_features(tmp_path):
+    import timm
+    from safetensors.torch import load_file
+
+    train(compose([*TINY, "optim.max_iters=2"]), tmp_path)
+    args = torch.load(tmp_path / "encoder.harness.pt", weights_only=True)["args"]
+    mine = model.ViT(**args).eval()
+    mine.load_state_dict(torch.load(tmp_path / "encoder.harness.pt", weights_only=True)["state_dict"], strict=False)
+    shape = {k: args[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")}
+    plain = timm.models.vision_transformer.VisionTransformer(num_classes=0, **shape).eval()
+    plain.load_state_dict(torch.load(tmp_path / "encoder.pt", weights_only=True), strict=True)
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.forward_features(images), mine.forward_features(images), atol=1e-5, rtol=1e-5)
+    same = load_file(str(tmp_path / "encoder.safetensors"))
+    assert same.keys() == torch.load(tmp_path / "encoder.pt", weights_only=True).keys()
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=splitmask"],
+        ["method=beit"],
+        ["method=dino"],
+        ["method=supervised"],
+        ["task=finetune"],
+        ["task=linear"],
+    ],
+    ids=["splitmask", "beit", "dino", "supervised", "finetune", "linear"],
+)
+def test_every_kind_of_job_is_rebuilt_from_its_config_yaml_alone(tmp_path, overrides):
+    """The run folder's config.yaml describes the whole model: the checkpoint loads strictly into what it builds."""
+    from harness.config import load_config
+    from harness.train.build import build_model
+
+    train(compose([*TINY, "optim.max_iters=1", "eval.per_class=2", *overrides]), tmp_path)
+    rebuilt = build_model(load_config(tmp_path / "config.yaml"))
+    rebuilt.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True)["model"], strict=True)
+
+
+def test_options_a_pipeline_would_not_read_are_refused():
+    from harness.train.build import build_model, check_options
+
+    for overrides, option in (
+        (["aug.repeated_aug=true"], "aug.repeated_aug"),
+        (["task=linear", "aug.mixup=0.8"], "aug.mixup"),
+        (["method=dino", "aug.strong.enabled=true"], "aug.strong.enabled"),
+    ):
+        cfg = compose(overrides)
+        with pytest.raises(ConfigError, match=option):
+            check_options(cfg, build_model(cfg))
+    check_options(cfg := compose(["task=finetune", "aug.repeated_aug=true"]), build_model(cfg))
+
+
+@needs_data
+def test_a_finished_job_returns_its_result_without_training_again(tmp_path):
+    """A requeue racing the end of a job (submitit calls the job again) reads the result instead of retraining."""
+    config = OmegaConf.to_container(compose([*TINY, "optim.max_iters=1"]))
+    first = TrainJob()(config, str(tmp_path))
+    mtime = (tmp_path / "last.pt").stat().st_mtime_ns
+    assert TrainJob()(config, str(tmp_path)) == first
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == mtime
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,16 +307,16 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
         ["method=beit"],
         ["method=dino"],
         ["method=supervised"],
-        ["method=splitmask", "method.args.tokenizer=kmeans", "method.tokenizer_fit.iters=20"],
-        ["method=splitmask", "data.strong_aug=true", "+method.args.mask_pattern=random", "method.args.mask_ratio=0.75"],
+        ["method=splitmask", "tokenizer=kmeans", "method.args.tokenizer.fit.iters=20"],
+        ["method=splitmask", "data.mim.strong_aug=true", "data.mim.mask_pattern=random", "data.mim.mask_ratio=0.75"],
     ],
     ids=["beit", "dino", "supervised", "splitmask-kmeans", "splitmask-small-set-recipe"],
 )
 def test_every_pretraining_method_runs_through_the_loop(tmp_path, overrides):
     result = train(compose([*TINY, "optim.epochs=1", *overrides]), tmp_path)
     assert result["iterations"] == 6 and np.isfinite(result["final_loss"])
-    encoder = torch.load(tmp_path / "encoder.pt", weights_only=True)
-    assert encoder["args"]["img_size"] == 28 and "pos_embed" in encoder["state_dict"]
+    saved = torch.load(tmp_path / "encoder.harness.pt", weights_only=True)
+    assert saved["args"]["img_size"] == 28 and "pos_embed" in torch.load(tmp_path / "encoder.pt", weights_only=True)
     if "method=dino" in overrides:
         assert "teacher_momentum" in _metrics(tmp_path)[-1]  # the method's schedules are logged too
 
@@ -250,7 +327,7 @@ def test_cli_reports_bad_config_without_a_traceback(capsys):
     assert main(["train", "pretrain", "optim.epoch=2"]) == 2
     assert "did you mean 'optim.epochs'" in capsys.readouterr().err
     assert main(["train", "finetune", "pretrained=/nonexistent/run"]) == 2
-    assert "encoder.pt" in capsys.readouterr().err
+    assert "encoder.harness.pt" in capsys.readouterr().err
 
 
 @needs_data
@@ -309,7 +386,7 @@ def test_dalle_tokenizer_without_weights_names_the_variable(tmp_path, monkeypatc
     from harness.train.build import DALLE_WEIGHTS_ENV, build_model
 
     monkeypatch.delenv(DALLE_WEIGHTS_ENV, raising=False)
-    cfg = compose(["method=beit", "method.args.tokenizer=dalle", "model=micro"])
+    cfg = compose(["method=beit", "tokenizer=dalle", "model=micro"])
     with pytest.raises(ConfigError, match=DALLE_WEIGHTS_ENV):
         build_model(cfg)
     monkeypatch.setenv(DALLE_WEIGHTS_ENV, str(tmp_path / "missing.safetensors"))

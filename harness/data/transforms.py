@@ -366,6 +366,8 @@ def finetune_transform(
     recount: int = 1,
     interpolation: str = "bicubic",
     scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
 ) -> T.Compose:
     """The fine-tuning transform of FACTS §3.2 (Table 7), built by `timm.data.create_transform(is_training=True)`.
 
@@ -379,7 +381,8 @@ def finetune_transform(
         img_size,
         is_training=True,
         scale=scale,
-        hflip=0.5,
+        ratio=ratio,
+        hflip=hflip,
         color_jitter=color_jitter,
         auto_augment=auto_augment,
         interpolation=interpolation,

@@ -1,11 +1,14 @@
 """Everything a job builds from its config: the model, the datasets with their transforms, the optimiser.
 
 Kept apart from the loop, which knows no method: here is where "SplitMask pre-training on Stanford Cars" turns into
-a SplitMask with 75% uniform masks fed by a strong-augmentation pipeline that draws those masks in its workers.
+a SplitMask with 75% uniform masks fed by a strong-augmentation pipeline that draws those masks in its workers. The
+config holds every argument (`model.args`, `method.args`, `aug`, `data`); what a method needs from its data it
+declares (`Method.views`, `Method.labelled`), and an option its pipeline would not read is an error, not ignored.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -18,7 +21,6 @@ from torch.utils.data import Dataset, Subset
 import model as models
 from harness.config import ConfigError
 from harness.data import (
-    DATASETS,
     MaskedView,
     MultiCropTransform,
     build_dataset,
@@ -31,95 +33,137 @@ from harness.io import atomic_write
 from harness.train.loader import SeededTransformDataset
 from model.tokenizers import RandomPatchesTokenizer
 
-# The DALL-E dVAE encoder weights (scripts/convert_dalle.py) for `method.args.tokenizer=dalle`: where they live is
-# the cluster's business, like a dataset root, so it is read here and stays out of a job's identity.
+# The DALL-E dVAE encoder weights (scripts/convert_dalle.py) for `tokenizer=dalle`: where they live is the cluster's
+# business, like a dataset root, so it is read here and stays out of a job's identity.
 DALLE_WEIGHTS_ENV = "HARNESS_DALLE_WEIGHTS"
 
 __all__ = [
     "DALLE_WEIGHTS_ENV",
     "ENCODER_FILE",
+    "ENCODER_FILES",
     "build_datasets",
     "build_model",
     "build_optimizer",
+    "check_options",
     "fit_tokenizer",
-    "load_encoder",
+    "load_encoder_state",
     "save_encoder",
 ]
 
+# What a pre-training hands on. `encoder.pt` and `encoder.safetensors` hold the encoder as a plain timm ViT (LayerScale
+# folded into the layers it scales, which is exact): `timm.create_model("vit_small_patch16_224", num_classes=0)`
+# loads either strictly. `encoder.harness.pt` holds what the harness's downstream jobs start from: the ViT's
+# arguments and its own weights (LayerScale kept, as BEiT fine-tunes it).
 ENCODER_FILE = "encoder.pt"
+ENCODER_FILES = ("encoder.pt", "encoder.safetensors", "encoder.harness.pt")
+_HARNESS_ENCODER = "encoder.harness.pt"
+# The ViT arguments that shape its weights: a pre-trained encoder and the job that loads it must agree on them.
+ARCHITECTURE_KEYS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
 def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
-def _encoder_args(cfg: DictConfig) -> dict:
-    """ViT arguments from the config: the size preset, the dataset's resolution and channels, `model.args`."""
-    info = DATASETS[cfg.data.name]
-    args = {k: v for k, v in _container(cfg.model.args).items() if v is not None}
-    return dict(img_size=cfg.data.img_size, in_chans=info.in_chans) | args
-
-
-def _registry_name(method: str, size: str) -> str:
-    return f"{method}_vit_{size}_p{models.SIZES[size]['patch_size']}"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # encoders: what pre-training hands to fine-tuning
-def save_encoder(encoder: models.ViT, path: str | Path) -> None:
-    """The encoder's constructor arguments and weights (no mask token), enough to rebuild it alone."""
-    state = {k: v for k, v in encoder.state_dict().items() if k != "mask_token"}
+def save_encoder(encoder: models.ViT, run_dir: str | Path) -> None:
+    """The encoder for timm (`encoder.pt`, `encoder.safetensors`) and for the harness (`encoder.harness.pt`)."""
+    from safetensors.torch import save as save_safetensors
+
+    run_dir = Path(run_dir)
     args = encoder.init_args | {"use_mask_token": False, "dynamic_img_size": False}
-    atomic_write(path, lambda f: torch.save({"args": args, "state_dict": state}, f))
+    native = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items() if k != "mask_token"}
+    timm_sd = {k: v.cpu().contiguous() for k, v in encoder.timm_state_dict().items()}
+    metadata = {"vit_args": json.dumps(args, sort_keys=True), "format": "timm VisionTransformer, num_classes=0"}
+    atomic_write(run_dir / _HARNESS_ENCODER, lambda f: torch.save({"args": args, "state_dict": native}, f))
+    atomic_write(run_dir / "encoder.safetensors", lambda f: f.write(save_safetensors(timm_sd, metadata)))
+    atomic_write(run_dir / ENCODER_FILE, lambda f: torch.save(timm_sd, f))  # last: downstream jobs wait for it
 
 
-def load_encoder(path: str | Path, **overrides) -> models.ViT:
-    """Rebuild a saved encoder; `overrides` change non-weight arguments (drop_path_rate, img_size, ...)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / ENCODER_FILE
+def load_encoder_state(pretrained: str | Path, encoder_args: dict) -> dict:
+    """The weights of a pre-training run's encoder for a ViT built with `encoder_args`: with LayerScale if those
+    arguments have it, folded otherwise. The architectures must agree (ConfigError naming the key otherwise)."""
+    folder = Path(pretrained)
+    path = folder / _HARNESS_ENCODER if folder.is_dir() else folder
     if not path.is_file():
-        raise FileNotFoundError(f"no pre-trained encoder at {path}: expected the {ENCODER_FILE} of a pre-training run")
+        raise FileNotFoundError(
+            f"no pre-trained encoder at {path}: expected the {_HARNESS_ENCODER} a pre-training run writes"
+        )
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = models.ViT(**(saved["args"] | overrides))
-    encoder.load_timm_state_dict(saved["state_dict"])  # resamples the position embedding for another resolution
-    return encoder
+    differ = [
+        f"{k}={saved['args'][k]} (this job: {encoder_args[k]})"
+        for k in ARCHITECTURE_KEYS
+        if saved["args"][k] != encoder_args[k]
+    ]
+    if differ:
+        raise ConfigError(f"{path}: the pre-trained encoder has {', '.join(differ)}; set model.args to match")
+    encoder = models.ViT(**saved["args"])
+    encoder.load_state_dict(saved["state_dict"], strict=False)  # the mask token is not saved
+    if encoder_args["layer_scale_init"] is None:
+        return encoder.timm_state_dict()
+    return saved["state_dict"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def build_model(cfg: DictConfig) -> nn.Module:
-    """The method (pre-training) or the classifier / linear probe (fine-tuning, probing) the config describes."""
-    info = DATASETS[cfg.data.name]
-    method = cfg.method.name
-    method_args = _container(cfg.method.args)
-    if cfg.task == "pretrain":
-        method_args |= _container(cfg.data.method_args).get(method, {})
-        if method in ("splitmask", "beit") and method_args.get("tokenizer") == "dalle":
-            kwargs = method_args.setdefault("tokenizer_kwargs", {})
-            kwargs.update(mean=tuple(info.mean), std=tuple(info.std))
-            if not kwargs.get("allow_random_init") and "weights" not in kwargs:
-                if not os.environ.get(DALLE_WEIGHTS_ENV):
-                    raise ConfigError(
-                        f"method.args.tokenizer=dalle needs the DALL-E dVAE encoder weights: set ${DALLE_WEIGHTS_ENV} "
-                        "to the file `scripts/convert_dalle.py` makes from the official encoder.pkl (nothing is "
-                        "downloaded)"
-                    )
-                kwargs["weights"] = os.environ[DALLE_WEIGHTS_ENV]
-        if method == "supervised":
-            method_args.setdefault("num_classes", info.num_classes)
-        return models.create(_registry_name(method, cfg.model.size), **_encoder_args(cfg), **method_args)
+def _dalle_weights(method_args: dict) -> None:
+    """`tokenizer=dalle` reads its weights from $HARNESS_DALLE_WEIGHTS (a location, not part of the identity)."""
+    tokenizer = method_args.get("tokenizer")
+    if not isinstance(tokenizer, dict) or tokenizer.get("name") != "dalle" or tokenizer.get("allow_random_init"):
+        return
+    if not os.environ.get(DALLE_WEIGHTS_ENV):
+        raise ConfigError(
+            f"tokenizer=dalle needs the DALL-E dVAE encoder weights: set ${DALLE_WEIGHTS_ENV} to the file "
+            "`scripts/convert_dalle.py` makes from the official encoder.pkl (nothing is downloaded)"
+        )
+    tokenizer["weights"] = os.environ[DALLE_WEIGHTS_ENV]
 
-    if info.num_classes == 0:
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The model of a job, from its config alone: `model.build(method.name, model.args, method.args)`, starting from
+    the pre-trained encoder of `pretrained` when the job has one."""
+    method, encoder_args, method_args = cfg.method.name, _container(cfg.model.args), _container(cfg.method.args)
+    if method not in models.METHODS:
+        raise ConfigError(f"method.name={method}: not a registered method; valid: {', '.join(models.METHODS)}")
+    cls = models.METHODS[method][0]
+    if cls.labelled and cfg.data.num_classes == 0:
         raise ConfigError(f"data={cfg.data.name} has no labels: it can be used for pre-training only")
-    encoder_args = _encoder_args(cfg)
+    _dalle_weights(method_args)
+    state = None
     if cfg.pretrained:
-        keep = {k: encoder_args[k] for k in ("img_size", "drop_path_rate") if k in encoder_args}
-        encoder = load_encoder(cfg.pretrained, **keep)
-    else:  # random initialisation: the plain ViT of this size
-        encoder = models.vit(cfg.model.size, **encoder_args)
-    if method == "classifier":
-        return models.Classifier(encoder, info.num_classes, label_smoothing=cfg.aug.label_smoothing, **method_args)
-    return models.LinearProbe(encoder, info.num_classes, layer=cfg.linear.layer, **method_args)
+        if not cls.takes_encoder:
+            raise ConfigError(
+                f"pretrained= starts a fine-tuning or a probe from an encoder; method={method} builds its own"
+            )
+        state = load_encoder_state(cfg.pretrained, encoder_args)
+    return models.build(method, encoder_args, method_args, encoder_state=state)
+
+
+# Options of `aug` that only a labelled pipeline (timm's training transform and Mixup) reads, with their "off" value.
+_LABELLED_ONLY = {
+    "auto_augment": None,
+    "color_jitter": 0.0,
+    "reprob": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "label_smoothing": 0.0,
+    "repeated_aug": False,
+}
+
+
+def check_options(cfg: DictConfig, net: nn.Module) -> None:
+    """An option the job's pipeline would not read is an error: it would be silently ignored otherwise."""
+    views = net.views
+    ignored = [
+        f"aug.{k}={cfg.aug[k]}" for k, off in _LABELLED_ONLY.items() if views != "labelled" and cfg.aug[k] != off
+    ]
+    if cfg.aug.strong.enabled and views != "masked":
+        ignored.append("aug.strong.enabled=true")
+    if ignored:
+        raise ConfigError(
+            f"method={cfg.method.name} ({views} views) does not use {', '.join(ignored)}: "
+            "turn it off, or pick a method whose pipeline reads it"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,36 +177,43 @@ def _subset(dataset: Dataset, cfg: DictConfig) -> Dataset:
 
 
 def build_datasets(cfg: DictConfig, net: nn.Module) -> tuple[SeededTransformDataset, Dataset | None]:
-    """Training set (with its transform, seeded per sample) and, for finetune / linear, the evaluation set."""
-    info = DATASETS[cfg.data.name]
-    mean, std, size = tuple(info.mean), tuple(info.std), cfg.data.img_size
-    train = _subset(build_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root), cfg)
-    if isinstance(net, models.DINO):
-        transform, output = MultiCropTransform.from_model(net, mean, std), "crops"
-    elif hasattr(net, "mask_generator"):  # SplitMask, BEiT: masks are drawn in the workers, with the crop
-        base = pretrain_transform(size, mean, std, scale=tuple(cfg.aug.scale), strong=cfg.data.strong_aug)
+    """Training set (with the transform the method's views need, seeded per sample) and, for the labelled methods,
+    the evaluation set."""
+    check_options(cfg, net)
+    d, a = cfg.data, cfg.aug
+    mean, std, size = tuple(d.mean), tuple(d.std), d.img_size
+    train = _subset(build_dataset(d.name, d.train_split, root=d.root), cfg)
+    crop = dict(scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip, interpolation=a.interpolation)
+    if net.views == "masked":  # SplitMask, BEiT: masks are drawn in the workers, with the crop
+        strong = _container(a.strong)
+        base = pretrain_transform(size, mean, std, strong=strong.pop("enabled"), **crop, **_tuples(strong))
         transform, output = MaskedView(base, net.mask_generator), "views"
-    elif isinstance(net, models.LinearProbe):
-        transform, output = pretrain_transform(size, mean, std), "image_label"
-    else:  # supervised pre-training and fine-tuning: timm's training transform
-        a = cfg.aug
-        transform = finetune_transform(
-            size,
-            mean,
-            std,
-            auto_augment=a.auto_augment,
-            color_jitter=a.color_jitter,
-            reprob=a.reprob,
-            scale=tuple(a.scale),
+    elif net.views == "multi_crop":  # DINO
+        transform = MultiCropTransform.from_model(
+            net, mean, std, interpolation=a.interpolation, **_tuples(a.multi_crop)
         )
+        output = "crops"
+    elif net.views == "probe":  # a frozen encoder: crop and flip
+        transform, output = pretrain_transform(size, mean, std, **crop), "image_label"
+    else:  # labelled training: timm's training transform
+        transform = finetune_transform(
+            size, mean, std, auto_augment=a.auto_augment, color_jitter=a.color_jitter, reprob=a.reprob,
+            remode=a.remode, recount=a.recount, **crop,
+        )  # fmt: skip
         output = "image_label"
     train_set = SeededTransformDataset(train, transform, seed=cfg.seed, output=output)
-    if cfg.task == "pretrain":
+    if not net.labelled:
         return train_set, None
-    evaluation = build_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root)
+    evaluation = build_dataset(d.name, d.eval_split, root=d.root)
     if cfg.eval.per_class:
         evaluation = class_balanced_subset(evaluation, per_class=cfg.eval.per_class, seed=0)
-    return train_set, _Transformed(evaluation, eval_transform(size, mean, std, crop_pct=cfg.aug.crop_pct))
+    transform = eval_transform(size, mean, std, crop_pct=a.crop_pct, interpolation=a.interpolation)
+    return train_set, _Transformed(evaluation, transform)
+
+
+def _tuples(node) -> dict:
+    """A config node's values with lists as tuples (what the transforms take)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in _container(node).items()}
 
 
 class _Transformed(Dataset):
@@ -184,23 +235,22 @@ def fit_tokenizer(net: nn.Module, train: SeededTransformDataset, cfg: DictConfig
     tokenizer = getattr(net, "tokenizer", None)
     if tokenizer is None or not tokenizer.needs_fit:
         return
-    info, fit = DATASETS[cfg.data.name], cfg.method.tokenizer_fit
+    fit = cfg.method.args.tokenizer.get("fit") or {}
     base = train.dataset
     per_image = (cfg.data.img_size // tokenizer.patch_size) ** 2
     random_patches = isinstance(tokenizer, RandomPatchesTokenizer)
-    wanted = tokenizer.vocab_size if random_patches else fit.num_patches
+    wanted = tokenizer.vocab_size if random_patches else fit["num_patches"]
     # random patches: one image per codebook entry ("patches from different images"); k-means: enough images
     count = min(len(base), tokenizer.vocab_size if random_patches else math.ceil(wanted / per_image))
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(base), generator=g)[:count].tolist()
-    images = _Transformed(
-        Subset(base, pick), eval_transform(cfg.data.img_size, tuple(info.mean), tuple(info.std), crop_pct=1.0)
-    )
+    d = cfg.data
+    images = _Transformed(Subset(base, pick), eval_transform(d.img_size, tuple(d.mean), tuple(d.std), crop_pct=1.0))
     loader = torch.utils.data.DataLoader(images, batch_size=256, num_workers=cfg.loader.workers)
     if random_patches:
         tokenizer.fit(loader, generator=g)
     else:
-        tokenizer.fit(loader, num_patches=fit.num_patches, generator=g, iters=fit.iters, batch_size=fit.batch_size)
+        tokenizer.fit(loader, generator=g, **fit)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import compose, config_hash
+from harness.config import compose, config_hash, encoder_overrides, load_config
 from harness.train.loop import RESULT_FILE, train
 
 __all__ = ["TrainJob", "default_run_dir", "main"]
@@ -41,8 +41,13 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 def main(task: str, overrides: Sequence[str]) -> int:
-    """`harness train <task> [overrides]`: compose, then run in this process (torchrun for several)."""
-    cfg = compose([f"task={task}", *overrides])
+    """`harness train <task> [overrides]`: compose, then run in this process (torchrun for several). A fine-tuning or
+    probe of a pre-training run folder takes that run's encoder shape (`encoder_overrides`)."""
+    inherited = []
+    for item in overrides:
+        if item.startswith("pretrained=") and (Path(item.split("=", 1)[1]) / "config.yaml").is_file():
+            inherited = encoder_overrides(load_config(Path(item.split("=", 1)[1]) / "config.yaml"))
+    cfg = compose([f"task={task}", *inherited, *overrides])
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     print(f"run folder: {run_dir}", flush=True)
     result = TrainJob()(OmegaConf.to_container(cfg, resolve=True), str(run_dir))

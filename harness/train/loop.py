@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from harness.config import NOT_YET_TRAINABLE, ConfigError, config_hash, derived, save_config
 from harness.io import atomic_write_json
 from harness.train import RESULT_FILE, checkpoint, distributed, schedules
-from harness.train.build import ENCODER_FILE, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
+from harness.train.build import build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
 from harness.train.loader import EpochSampler, build_loader, shard_indices
 from harness.train.logging import MetricsLog, Progress, write_env
 
@@ -97,8 +97,7 @@ class Trainer:
 
     def _mixup(self):
         a = self.cfg.aug
-        labelled = self.cfg.task == "finetune" or self.cfg.method.name == "supervised"
-        if not labelled or (a.mixup <= 0 and a.cutmix <= 0):
+        if a.mixup <= 0 and a.cutmix <= 0:  # off; check_options has refused mixup for a pipeline without labels
             return None
         from timm.data import Mixup
 
@@ -106,7 +105,7 @@ class Trainer:
             mixup_alpha=a.mixup,
             cutmix_alpha=a.cutmix,
             label_smoothing=a.label_smoothing,
-            num_classes=self.net.head.out_features,
+            num_classes=self.net.num_classes,
         )
 
     # -----------------------------------------------------------------------------------------------------------
@@ -211,7 +210,7 @@ class Trainer:
             seed=cfg.seed,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
-            repeats=3 if cfg.aug.repeated_aug and cfg.method.name in ("classifier", "supervised") else 1,
+            repeats=3 if cfg.aug.repeated_aug else 1,  # DeiT's; only labelled pipelines take it (check_options)
         )
         sums: dict[str, torch.Tensor] = {}
         window = (start, time.perf_counter())
@@ -347,9 +346,7 @@ class Trainer:
         wall = self.elapsed()
         result = {
             "task": self.cfg.task,
-            "protocol": self.cfg.task
-            if self.cfg.task != "linear"
-            else ("layer" if self.cfg.linear.layer else "linear"),
+            "protocol": self.cfg.task,
             "method": self.cfg.method.name,
             "data": self.cfg.data.name,
             "epochs": self.epochs,
@@ -376,7 +373,7 @@ class Trainer:
         result["final_loss"] = self.last_record.get("loss")  # the last logging interval's mean
         if self.ctx.is_main:
             if self.cfg.task == "pretrain":
-                save_encoder(self.net.export_encoder, self.run_dir / ENCODER_FILE)
+                save_encoder(self.net.export_encoder, self.run_dir)
             atomic_write_json(self.run_dir / RESULT_FILE, result)
         distributed.barrier()
         return result

@@ -1,0 +1,31 @@
+"""Atomic writes: the old file or the new one, never half of one, with the permissions any file of the user gets."""
+
+import os
+
+import pytest
+
+from harness.io import atomic_write, atomic_write_text
+
+
+def test_a_file_gets_the_process_umask_and_the_umask_is_left_alone(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}")
+        assert os.umask(0o027) == 0o027  # writing did not change it
+    finally:
+        os.umask(old)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "config.yaml"
+    atomic_write_text(target, "old")
+
+    def half(f):
+        f.write(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
