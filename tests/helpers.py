@@ -26,6 +26,17 @@ TINY = (
 )
 
 
+# A pre-training stage (one BEiT) and the fine-tuning that starts from it.
+TWO_STAGES = """
+stages:
+  pretrain:
+    grid:
+      method: {beit: [method=beit]}
+  finetune:
+    grid: {from: pretrain}
+"""
+
+
 def write_sweep(folder: Path, body: str, name: str = "sweep") -> str:
     path = folder / f"{name}.yaml"
     path.write_text(f"name: {name}\noverrides: {TINY}\n" + textwrap.dedent(body))

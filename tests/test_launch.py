@@ -10,16 +10,7 @@ import pytest
 from harness.cli import main
 from harness.launch.journal import Journal, LockedError
 from harness.sweep import SweepError
-from tests.helpers import needs_data, write_sweep
-
-TWO_STAGES = """
-stages:
-  pretrain:
-    grid:
-      method: {beit: [method=beit]}
-  finetune:
-    grid: {from: pretrain}
-"""
+from tests.helpers import TWO_STAGES, needs_data, write_sweep
 
 
 def test_journal_keeps_the_latest_submission_and_ignores_torn_lines(tmp_path):

@@ -23,16 +23,7 @@ from harness.launch.journal import Journal
 from harness.launch.queue import FINISHED, Queue, QueueError, QueueRow
 from harness.launch.state import IN_FLIGHT, RUNNING_SLURM, State, log_paths, observe
 from harness.sweep import Request, compile_request, compile_sweeps, load_sweep
-from tests.helpers import write_sweep
-
-TWO_STAGES = """
-stages:
-  pretrain:
-    grid:
-      method: {beit: [method=beit]}
-  finetune:
-    grid: {from: pretrain}
-"""
+from tests.helpers import TWO_STAGES, write_sweep
 
 
 class FakeQueue(Queue):
