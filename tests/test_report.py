@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -47,14 +49,20 @@ claims:
 GOLDEN = """\
 | method | in_1 | in_full |
 |---|---|---|
-| dino | 70.0 ± 1.4 (70.1, -0.1 =) | not submitted (78.4) |
-| splitmask | 76.0 (74.8, +1.2 +) | corrupt / not submitted (75.4) |"""
+| dino | 70.0 ± 1.4 n=2 (70.1, -0.1 =) | not submitted (78.4) |
+| splitmask | 76.0 n=1 (74.8, +1.2 +) | corrupt / not submitted (75.4) |"""
+# The same results reported for a `--profile` run: the paper's value for reference, no difference, no mark.
+GOLDEN_PROFILE = """\
+| method | in_1 | in_full |
+|---|---|---|
+| dino | 70.0 ± 1.4 n=2 (paper 70.1) | not submitted (paper 78.4) |
+| splitmask | 76.0 n=1 (paper 74.8) | corrupt / not submitted (paper 75.4) |"""
 
 
-def _results(tmp_path: Path, epochs: int = 1):
+def _results(tmp_path: Path, epochs: int = 1, profile: str | None = None):
     """The T1-like sweep with: dino/in_1 two seeds, splitmask/in_1 one seed, splitmask/in_full corrupt, rest pending."""
     sweep = write_sweep(tmp_path, T1, "t1")
-    req = Request([sweep], [f"optim.epochs={epochs}"], results=str(tmp_path / "results"))
+    req = Request([sweep], [f"optim.epochs={epochs}"], profile=profile, results=str(tmp_path / "results"))
     graph = compile_request(req)
     finetunes = {j.label: j for j in graph.jobs.values() if j.task == "finetune"}
     values = {
@@ -95,6 +103,27 @@ def test_table_in_the_papers_layout_matches_the_golden_markdown(tmp_path):
     assert summary.iloc[2]["verdict"] == "above"
     tex = latex(layout(sweep, summary), sweep.title)
     assert "\\toprule" in tex and "$\\pm$" in tex and tex.count("\\\\") == 3
+    assert markdown(layout(sweep, summarize(sweep, df, compare=False), compare=False)) == GOLDEN_PROFILE
+
+
+def test_a_profile_report_has_no_delta_and_no_mark_and_both_show_the_rank_agreement(tmp_path, capsys):
+    """Stand-in numbers (smoke, micro) are not the paper's: no ours - paper, no =/+/- marks; Kendall's tau always."""
+    for profile, folder in ((None, "plain"), ("smoke", "profile")):
+        (tmp_path / folder).mkdir()
+        req, _ = _results(tmp_path / folder, profile=profile)
+        with pytest.warns(UserWarning):
+            (page,) = build_reports(req, tmp_path / folder / "reports")
+        out = capsys.readouterr().out
+        summary = (page.parent / "cells.csv").read_text()
+        html = page.read_text()
+        # dino/in_1 (70.0) < splitmask/in_1 (76.0) and 70.1 < 74.8: the one pair both have is concordant
+        assert "rank agreement with the paper: Kendall τ_b +1.00 over 2 cells (1 pair: 1 concordant" in out
+        assert "Kendall τ_b +1.00" in html
+        if profile is None:
+            assert GOLDEN in out and "-0.1 =" in html and ",within," in summary
+        else:
+            assert GOLDEN_PROFILE in out and "profile smoke: " in out and "paper 70.1" in html
+            assert not re.search(r"[+-]\d+\.\d [=+-]\)", out + html) and "within" not in summary + html
 
 
 def test_protocol_lint_flags_cells_produced_differently(tmp_path):
@@ -140,6 +169,28 @@ class _Tags(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
+
+
+def test_claims_on_our_numbers_print_their_margin_and_spread(tmp_path, capsys):
+    """Every cell with two seeds: the claim's margin against its standard error, in the printed report and the page."""
+    sweep = write_sweep(tmp_path, T1, "t1")
+    req = Request([sweep], ["optim.epochs=1"], results=str(tmp_path / "results"))
+    values = {"dino pretrain_data=in_1": (69.0, 71.0), "dino pretrain_data=in_full": (78.0, 79.0),
+              "splitmask pretrain_data=in_1": (76.0, 76.5),
+              "splitmask pretrain_data=in_full": (77.0, 77.5)}  # fmt: skip
+    jobs = {j.label: j for j in compile_request(req).jobs.values() if j.task == "finetune"}
+    for cell, seeds in values.items():
+        for seed, top1 in enumerate(seeds):
+            run = jobs[f"method={cell} seed={seed}"].run_dir
+            run.mkdir(parents=True)
+            (run / "result.json").write_text(json.dumps({"top1": top1, "protocol": "finetune"}))
+    (page,) = build_reports(req, tmp_path / "reports")
+    out = capsys.readouterr().out
+    # (78.5 - 70) - (77.25 - 76.25) = 7.5; SE sqrt(1^2 + 0.5^2 + 0.25^2 + 0.25^2) = 1.17
+    margin = "sm_full - sm_1 < dino_full - dino_1: margin +7.50 ± 1.17 (+6.4 SE; 2 needed): holds"
+    assert "paper holds, ours holds\n  " + margin in out
+    assert html.escape(margin) in page.read_text()
+    assert "| dino | 70.0 ± 1.4 n=2 (70.1, -0.1 =) | 78.5 ± 0.7 n=2 (78.4, +0.1 =) |" in out
 
 
 def test_report_writes_tables_figures_and_a_self_contained_page(tmp_path, capsys):
@@ -210,5 +261,5 @@ cells:
     df = collect(req.sweeps, results=req.results)
     assert list(df.value) == [30.0]  # the quoted cell has no job, hence no row
     grid = layout(load_sweep(sweep_path), summarize(load_sweep(sweep_path), df))
-    assert grid.loc["splitmask", "wall_clock_hours"] == "30.0 (34.0, -4.0 =)"
+    assert grid.loc["splitmask", "wall_clock_hours"] == "30.0 n=1 (34.0, -4.0 =)"
     assert grid.loc["mocov3", "top1"] == "quoted (81.4)"

@@ -119,6 +119,10 @@ def test_heatmap_has_ours_and_delta_panels(sweep, results):
     texts = [t.get_text() for t in panels[1].texts]
     assert "+0.1" in texts and "-2.0" in texts and "failed" in texts  # b on food: state written in
     assert fig.get_suptitle() == "Linear probe"
+    stand_ins = draw_figure(sweep, sweep.figures[2], results, compare=False)  # a profile's numbers: no delta
+    panels = [ax for ax in stand_ins.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in panels] == ["ours", "paper, for reference"]
+    assert not any(t.get_text().startswith("+") for t in panels[1].texts)
 
 
 @pytest.mark.parametrize("frame", ["no rows", "no columns"])
@@ -155,11 +159,15 @@ def test_html_page_is_self_contained(sweep, results, tmp_path):
     claims = [
         {"claim": "SplitMask matches BEiT", "paper": "holds", "ours": "fails", "detail": "-2.0 on food"},
         {"claim": "More labels help", "paper": "holds", "ours": "not enough results", "detail": "b pending"},
-    ]
+        {"claim": "a beats b", "paper": "holds", "ours": "not shown", "detail": "a > b",
+         "margins": ["a > b: margin +2.00 ± 2.89 (+0.7 SE; 2 needed): not shown"]},
+        {"claim": "b beats c", "paper": "fails", "ours": "holds (spread unknown: 1 seed)", "detail": "b > c"},
+    ]  # fmt: skip
+    ranks = ["rank agreement with the paper: Kendall τ_b +1.00 over 2 cells (1 pair: 1 concordant, 0 discordant)"]
     provenance = {"sweep file": "sweeps/figs.yaml", "git sha": "abc1234", "GPU-hours": "12.5"}
     title = "Report <script>alert(1)</script>"
     path = write_html(tmp_path / "report" / "index.html", title=title, tables=tables, figures=pngs, claims=claims,
-                      provenance=provenance)  # fmt: skip
+                      provenance=provenance, ranks=ranks)  # fmt: skip
     page = path.read_text()
     parser = Tags()
     parser.feed(page)
@@ -175,8 +183,10 @@ def test_html_page_is_self_contained(sweep, results, tmp_path):
     assert title in text and parser.named("title")
     assert all(key in text for key in provenance) and "abc1234" in text
     assert [c["class"] for c in parser.named("td") if "verdict" in c.get("class", "")] == [
-        "verdict holds", "verdict fails", "verdict holds", "verdict insufficient",
+        "verdict holds", "verdict fails", "verdict holds", "verdict insufficient", "verdict holds",
+        "verdict unshown", "verdict fails", "verdict weak holds",
     ]  # fmt: skip
+    assert ranks[0] in text and "+0.7 SE; 2 needed" in text and len(parser.named("li")) == 1
     assert "Table 1 <finetune>" in text and "efficiency" in text
 
 

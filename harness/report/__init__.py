@@ -4,7 +4,7 @@
     df = collect(["sweeps/smoke.yaml"])        # long format: a row per (sweep, cell, job)
 
 `harness report SWEEP...` writes reports/<sweep>/: table.md, table.tex, cells.csv, results.csv, the figures, and
-index.html (one self-contained page with tables, figures, claims and provenance).
+index.html (one self-contained page with tables, figures, claims, rank agreement with the paper and provenance).
 """
 
 from harness.report.collect import collect

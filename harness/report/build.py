@@ -1,5 +1,10 @@
-"""`harness report`: for each sweep, reports/<sweep>/ with its table (Markdown, LaTeX, CSV), figures, claims and
-one self-contained HTML page, all from the run folders."""
+"""`harness report`: for each sweep, reports/<sweep>/ with its table (Markdown, LaTeX, CSV), figures, claims, its
+rank agreement with the paper and one self-contained HTML page, all from the run folders.
+
+A report of a `--profile` run (smoke, micro: stand-in data and models) shows the paper's values for reference only,
+with no ours − paper difference (`harness.report.table`); it is read through the claims, judged on ours with their
+spread (`harness.report.claims`), and through Kendall's τ between our cells and the paper's (`harness.report.rank`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
+import math
 import sys
 from pathlib import Path
 
@@ -15,21 +21,25 @@ import pandas as pd
 from harness.io import atomic_write_text
 from harness.launch.state import State, observe
 from harness.provenance import git_sha
-from harness.report.claims import NOT_ENOUGH, evaluate
+from harness.report.claims import NOT_ENOUGH, evaluate, judge
 from harness.report.collect import collect_graph
-from harness.report.table import latex, layout, markdown, summarize
+from harness.report.rank import rank_agreement
+from harness.report.table import latex, layout, legend, markdown, summarize
 from harness.sweep import Request, Sweep, compile_request
 
 __all__ = ["build_reports", "judge_claims", "report"]
 
 
 def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
-    """Each claim's verdict on the paper's values and on ours (the mean over seeds of each named cell)."""
+    """Each claim's verdict on the paper's values (exact) and on ours: the mean over seeds of each named cell, with
+    its standard error (std / sqrt(n); unknown with one seed). "margins": one line per comparison of ours."""
     out = []
     for claim in sweep.claims:
         rows = {name: summary.iloc[index] for name, index in claim.cells.items()}
         paper = evaluate(claim.check, {n: r["paper"] for n, r in rows.items()})
-        ours = evaluate(claim.check, {n: r["mean"] for n, r in rows.items()})
+        se = {n: r["std"] / math.sqrt(r["n"]) if r["n"] >= 2 else None for n, r in rows.items()}
+        judgement = judge(claim.check, {n: r["mean"] for n, r in rows.items()}, se)
+        ours = judgement.verdict
         missing = [n for n, r in rows.items() if r["n"] == 0]
         linted = [n for n, r in rows.items() if r["lint"]]
         detail = claim.check
@@ -37,7 +47,8 @@ def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
             detail += f"; no result yet for {', '.join(missing)}"
         if linted:
             detail += f"; ours ran with another protocol than the paper for {', '.join(linted)}"
-        out.append({"claim": claim.text, "paper": paper, "ours": ours, "detail": detail})
+        out.append({"claim": claim.text, "paper": paper, "ours": ours, "detail": detail,
+                    "margins": list(judgement.margins)})  # fmt: skip
     return out
 
 
@@ -51,10 +62,11 @@ def _figure_code() -> bytes:
     return (Path(__file__).parent / "figures.py").read_bytes() + f"\0matplotlib {matplotlib}".encode()
 
 
-def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
+def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path, compare: bool = True) -> list[Path]:
     """The sweep's figures as PNG (and SVG), drawn again only when what they plot changed: matplotlib takes
     seconds to import and draw, and a report is often rebuilt with the same results. The key of a figure is its
-    spec, the sweep's name and title, the drawing code (`_figure_code`) and every column `figure_points` reads."""
+    spec, the sweep's name and title, `compare` (a heatmap's ours − paper panel), the drawing code (`_figure_code`)
+    and every column `figure_points` reads."""
     code = _figure_code()
     stale, pngs = [], []
     for figure in sweep.figures:
@@ -62,7 +74,7 @@ def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
         used = [c for c in ("sweep", "cell_index", "value", "paper", "tolerance", "state") if c in rows.columns]
         used += sorted(c for c in rows.columns if c.startswith("key."))
         data = rows[used].to_csv(index=False).encode() if len(rows) else b""
-        key = hashlib.sha256(repr((figure, sweep.name, sweep.title)).encode() + code + data).hexdigest()
+        key = hashlib.sha256(repr((figure, sweep.name, sweep.title, compare)).encode() + code + data).hexdigest()
         png, stamp = folder / f"{figure.name}.png", folder / f"{figure.name}.key"
         pngs.append(png)
         fresh = png.exists() and png.with_suffix(".svg").exists() and stamp.exists() and stamp.read_text() == key
@@ -71,7 +83,7 @@ def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path) -> list[Path]:
     if stale:
         from harness.report.figures import render_figures  # matplotlib: only when drawing
 
-        render_figures(dataclasses.replace(sweep, figures=tuple(f for f, _, _ in stale)), df, folder)
+        render_figures(dataclasses.replace(sweep, figures=tuple(f for f, _, _ in stale)), df, folder, compare)
         for _, stamp, key in stale:
             atomic_write_text(stamp, key)
     return pngs
@@ -85,20 +97,23 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
     graph = compile_request(req)
     states = observe(graph, req.results_dir)
     df = collect_graph(graph, states)
+    compare = req.profile is None  # a profile's stand-in numbers are not the paper's in absolute value
     pages = []
     for sweep in graph.sweeps:
         folder = Path(out_root) / sweep.name
         folder.mkdir(parents=True, exist_ok=True)
         mine = df[df.sweep == sweep.name] if len(df) else df
-        summary = summarize(sweep, df)
-        grid = layout(sweep, summary)
+        summary = summarize(sweep, df, compare)
+        grid = layout(sweep, summary, compare)
         table_md = markdown(grid)
-        atomic_write_text(folder / "table.md", f"{sweep.title}\n\n{table_md}\n")
-        atomic_write_text(folder / "table.tex", latex(grid, sweep.title) + "\n")
+        note = legend(req.profile)
+        atomic_write_text(folder / "table.md", f"{sweep.title}\n\n{table_md}\n\n{note}\n")
+        atomic_write_text(folder / "table.tex", latex(grid, f"{sweep.title}. {note}") + "\n")
         atomic_write_text(folder / "cells.csv", summary.to_csv(index=False))
         atomic_write_text(folder / "results.csv", mine.to_csv(index=False))
-        figures = _figures(sweep, mine, folder)
+        figures = _figures(sweep, mine, folder, compare)
         claims = judge_claims(sweep, summary)
+        ranks = [str(rank_agreement(summary))] if len(summary) and summary["paper"].notna().any() else []
         sweep_jobs = sorted({job.id for _, job in graph.refs(sweep.name)})  # pre-trainings too
         finished = [states[j].result for j in sweep_jobs if states[j].state is State.DONE]
         gpu_hours = sum(r.get("gpu_hours") or 0.0 for r in finished)
@@ -114,19 +129,23 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
             "GPU-hours spent": f"{gpu_hours:.2f} (device-hours, CPU included: {device_hours:.2f})",
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         }
-        tables = [(sweep.title, grid.reset_index()), ("Every cell", summary)]
+        tables = [(f"{sweep.title}. {note}", grid.reset_index()), ("Every cell", summary)]
         page = write_html(folder / "index.html", title=sweep.title, tables=tables, figures=figures, claims=claims,
-                          provenance=provenance)  # fmt: skip
+                          provenance=provenance, ranks=ranks)  # fmt: skip
         pages.append(page)
-        print(f"\n{sweep.title}\n\n{table_md}", file=out)
+        print(f"\n{sweep.title}\n\n{table_md}\n\n{note}", file=out)
         flagged = summary[summary["lint"] != ""] if len(summary) else summary
         if len(flagged):
             print(f"\n! {len(flagged)} cells ran with another protocol than the paper's (not compared): "
                   + "; ".join(sorted(set(flagged["lint"])))[:300], file=out)  # fmt: skip
-        if claims:
+        if claims or ranks:
             print("", file=out)
+        for line in ranks:
+            print(line, file=out)
         for claim in claims:
             print(f"claim: {claim['claim']}: paper {claim['paper']}, ours {claim['ours']}", file=out)
+            for margin in claim["margins"]:
+                print(f"  {margin}", file=out)
         print(f"\nreport: {page}", file=out)
     return pages
 

@@ -4,8 +4,9 @@
 
 Seeds of a cell are averaged (std as error bars when there are several). The paper is always drawn in the hue's
 colour: a dashed line with open markers (line), an open marker on the bar (bar), a second "Δ ours − paper" panel
-(heatmap). A cell without our value (pending, failed, ...) keeps its paper point and gets an × (and, where there is
-room, its state written in), so a half-finished sweep already reads as one.
+(heatmap; with `compare=False`, for a profile's stand-in numbers, the paper's values on their own scale instead). A
+cell without our value (pending, failed, ...) keeps its paper point and gets an × (and, where there is room, its
+state written in), so a half-finished sweep already reads as one.
 
 Figures are built with `matplotlib.figure.Figure`, never pyplot: nothing is registered globally, no backend has to be
 selected (savefig picks Agg / SVG by suffix), and a figure is freed once it is out of scope. The look is
@@ -48,7 +49,7 @@ METRIC_LABELS = {
 MISSING = "n/a"  # the label of a key a job does not have
 
 
-def render_figures(sweep: Sweep, df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def render_figures(sweep: Sweep, df: pd.DataFrame, out_dir: str | Path, compare: bool = True) -> list[Path]:
     """Write `<figure.name>.png` and `.svg` into `out_dir` for each of `sweep.figures`; returns the PNG paths.
 
     The PNGs come back in `sweep.figures` order (what `write_html` embeds); each SVG sits beside its PNG
@@ -60,7 +61,7 @@ def render_figures(sweep: Sweep, df: pd.DataFrame, out_dir: str | Path) -> list[
     paths = []
     for figure in sweep.figures:
         with _style():
-            fig = draw_figure(sweep, figure, df)
+            fig = draw_figure(sweep, figure, df, compare)
             png = out_dir / f"{figure.name}.png"
             atomic_write(png, lambda f, fig=fig: fig.savefig(f, format="png", dpi=DPI))
             fig.set_layout_engine("none")  # the SVG keeps the layout the PNG computed (~0.3 s a figure saved)
@@ -126,13 +127,15 @@ def figure_points(sweep: Sweep, figure: Figure, df: pd.DataFrame) -> pd.DataFram
     return points.reset_index(drop=True)
 
 
-def draw_figure(sweep: Sweep, figure: Figure, df: pd.DataFrame) -> MplFigure:
+def draw_figure(sweep: Sweep, figure: Figure, df: pd.DataFrame, compare: bool = True) -> MplFigure:
     """The matplotlib figure of `figure` (not saved); what `render_figures` writes, handy in a notebook."""
     points = figure_points(sweep, figure, df)
     if points.empty:
         return _empty(sweep, figure)
-    draw = {"line": _line, "bar": _bar, "heatmap": _heatmap}[figure.kind]
-    fig = draw(figure, points)
+    if figure.kind == "heatmap":
+        fig = _heatmap(figure, points, compare)
+    else:
+        fig = {"line": _line, "bar": _bar}[figure.kind](figure, points)
     fig.suptitle(figure.title or sweep.title)
     return fig
 
@@ -308,13 +311,15 @@ def _bar(figure: Figure, points: pd.DataFrame) -> MplFigure:
     return fig
 
 
-def _heatmap(figure: Figure, points: pd.DataFrame) -> MplFigure:
-    """Per facet, two panels: ours (annotated), and ours − paper on a diverging scale centred at 0."""
+def _heatmap(figure: Figure, points: pd.DataFrame, compare: bool = True) -> MplFigure:
+    """Per facet, two panels: ours (annotated), and ours − paper on a diverging scale centred at 0 (`compare`) or
+    the paper's values on their own scale (a profile's numbers are not the paper's in absolute value)."""
     rows, cols = _order(points["row"]), _order(points["col"])
     delta_all = points["mean"] - points["paper"]
     span = float(np.nanmax(np.abs(delta_all))) if delta_all.notna().any() else 1.0
-    ours_all = points["mean"].dropna()
+    ours_all, paper_all = points["mean"].dropna(), points["paper"].dropna()
     lims = (ours_all.min(), ours_all.max()) if len(ours_all) else (0.0, 1.0)  # one colour scale for all facets
+    paper_lims = (paper_all.min(), paper_all.max()) if len(paper_all) else (0.0, 1.0)
     label = METRIC_LABELS.get(figure.metric, figure.metric)
     fig, panels = _panels(figure, points, 1.6 + 0.9 * len(cols), 0.9 + 0.45 * len(rows), ncols=2)
     for facet, sub, (ax_ours, ax_delta) in panels:
@@ -325,16 +330,23 @@ def _heatmap(figure: Figure, points: pd.DataFrame) -> MplFigure:
         delta = ours - paper
         ours_text = _text(ours, "{:.1f}") + np.where(np.isnan(std), "", _text(std, "\n±{:.1f}"))
         _heat(ax_ours, ours, ours_text, "viridis", *lims, label)
-        _heat(ax_delta, delta, _text(delta, "{:+.1f}"), "RdBu", -span, span, f"Δ {label}")
         note = {"ha": "center", "va": "center", "fontsize": 7, "color": "0.3", "in_layout": False}
-        for i, j in zip(*np.nonzero(np.isnan(ours))):
-            for ax in (ax_ours, ax_delta):
-                ax.text(j + 0.5, i + 0.5, states[i, j], **note)
-        for i, j in zip(*np.nonzero(~np.isnan(ours) & np.isnan(paper))):
-            ax_delta.text(j + 0.5, i + 0.5, "no paper", **note)
         where = "" if facet is None else f" ({figure.facet} = {facet})"
         ax_ours.set_title(f"ours{where}")
-        ax_delta.set_title(f"Δ ours − paper{where}")
+        for i, j in zip(*np.nonzero(np.isnan(ours))):
+            ax_ours.text(j + 0.5, i + 0.5, states[i, j], **note)
+        if not compare:
+            _heat(ax_delta, paper, _text(paper, "{:.1f}"), "viridis", *paper_lims, f"paper: {label}")
+            for i, j in zip(*np.nonzero(np.isnan(paper))):
+                ax_delta.text(j + 0.5, i + 0.5, "no paper", **note)
+            ax_delta.set_title(f"paper, for reference{where}")
+        else:
+            _heat(ax_delta, delta, _text(delta, "{:+.1f}"), "RdBu", -span, span, f"Δ {label}")
+            for i, j in zip(*np.nonzero(np.isnan(ours))):
+                ax_delta.text(j + 0.5, i + 0.5, states[i, j], **note)
+            for i, j in zip(*np.nonzero(~np.isnan(ours) & np.isnan(paper))):
+                ax_delta.text(j + 0.5, i + 0.5, "no paper", **note)
+            ax_delta.set_title(f"Δ ours − paper{where}")
         for ax in (ax_ours, ax_delta):
             ax.set_xticks(np.arange(len(cols)) + 0.5, cols)
             ax.set_yticks(np.arange(len(rows)) + 0.5, rows, rotation=0)

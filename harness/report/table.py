@@ -4,10 +4,14 @@
     grid = layout(sweep, summary)           # display strings, rows x columns as in the paper
     markdown(grid), latex(grid, caption)    # and summary.to_csv(...)
 
-A cell reads "ours (paper)": mean ± std over its finished seeds, the paper's value, the difference and a mark:
-`=` within tolerance, `+` above, `-` below. A cell without a result shows its jobs' state. A cell whose jobs ran
-with another protocol than the paper's (epochs, pre-training epochs, image size, probed layer, fine-tune vs linear)
-is flagged `!` and not compared (protocol lint).
+A cell reads "ours (paper)": the mean ± std over its finished seeds and their number n (`70.0 ± 1.4 n=2`; one seed:
+`76.0 n=1`), then the paper's value, the difference and a mark: `=` within tolerance, `+` above, `-` below. A cell
+without a result shows its jobs' state. A cell whose jobs ran with another protocol than the paper's (epochs,
+pre-training epochs, image size, probed layer, fine-tune vs linear) is flagged `!` and not compared (protocol lint).
+
+With `compare=False` (a report of a `--profile` run: smoke or micro stand-ins, whose numbers are not the paper's in
+absolute value) there is no difference and no mark: the paper's value is shown for reference, labelled
+(`49.3 ± 1.2 n=3 (paper 74.8)`); such a table is read through its claims and its rank agreement (`harness.report.rank`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pandas as pd
 
 from harness.sweep import Cell, Sweep
 
-__all__ = ["DEFAULT_TOLERANCE", "MARKS", "latex", "layout", "lint", "markdown", "summarize"]
+__all__ = ["DEFAULT_TOLERANCE", "MARKS", "latex", "layout", "legend", "lint", "markdown", "summarize"]
 
 DEFAULT_TOLERANCE = 1.0  # points of top-1, when a cell gives none
 MARKS = {"within": "=", "above": "+", "below": "-", "protocol differs": "!"}
@@ -40,8 +44,9 @@ def lint(cell: Cell, rows: pd.DataFrame) -> list[str]:
     return problems
 
 
-def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell of `sweep`, from the long-format DataFrame of `collect`."""
+def summarize(sweep: Sweep, df: pd.DataFrame, compare: bool = True) -> pd.DataFrame:
+    """One row per cell of `sweep`, from the long-format DataFrame of `collect`; `compare=False`: no delta and no
+    verdict against the paper (a profile's stand-in numbers), only the protocol lint."""
     mine = df[df.sweep == sweep.name] if len(df) else df
     out = []
     for index, cell in enumerate(sweep.cells):
@@ -52,8 +57,8 @@ def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
         std = float(values.std()) if len(values) > 1 else math.nan
         tolerance = cell.tolerance if cell.tolerance is not None else DEFAULT_TOLERANCE
         problems = lint(cell, done) if len(done) else []
-        delta = mean - cell.paper if cell.paper is not None and len(values) else math.nan
-        if problems and not math.isnan(delta):
+        delta = mean - cell.paper if compare and cell.paper is not None and len(values) else math.nan
+        if problems and len(values) and cell.paper is not None:
             verdict = "protocol differs"
         elif math.isnan(delta):
             verdict = ""
@@ -79,27 +84,40 @@ def summarize(sweep: Sweep, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _display(row: pd.Series) -> str:
+def legend(profile: str | None = None) -> str:
+    """What a cell of `layout` says, for the line under a table (`profile`: the report of a `--profile` run)."""
+    ours = "ours: mean ± std over n seeds"
+    if profile is None:
+        return f"{ours}; (paper, ours − paper, mark): = within tolerance, + above, - below, ! another protocol"
+    return (f"profile {profile}: {ours}, stand-in numbers not comparable to the paper's in absolute value; "
+            "(paper x): the paper's value, for reference only; compare the claims and the rank agreement")  # fmt: skip
+
+
+def _display(row: pd.Series, compare: bool = True) -> str:
     paper = row["paper"]
     if row["state"] == "quoted":  # an external cell: the paper quotes another paper's number
-        ours = "quoted"
-    elif row["n"] == 0:
+        return f"quoted ({paper:.1f})" if paper == paper else "quoted"
+    if row["n"] == 0:
         pending = [s.split(" ", 1)[1] for s in row["state"].split(", ") if s and not s.endswith(" done")]
         ours = " / ".join(pending) or "no job"
     elif row["n"] == 1:
-        ours = f"{row['mean']:.1f}"
+        ours = f"{row['mean']:.1f} n=1"
     else:
-        ours = f"{row['mean']:.1f} ± {row['std']:.1f}"
+        ours = f"{row['mean']:.1f} ± {row['std']:.1f} n={row['n']}"
     if paper != paper:  # no paper value
         return ours
+    if not compare:
+        lint = ", !" if row["verdict"] == "protocol differs" else ""
+        return f"{ours} (paper {paper:.1f}{lint})"
     if row["n"] == 0:
         return f"{ours} ({paper:.1f})"
     mark = MARKS.get(row["verdict"], "")
     return f"{ours} ({paper:.1f}, {row['delta']:+.1f} {mark})"
 
 
-def layout(sweep: Sweep, summary: pd.DataFrame) -> pd.DataFrame:
-    """Display strings in the paper's layout: `layout.rows` keys down, `layout.cols` keys across (default: stage)."""
+def layout(sweep: Sweep, summary: pd.DataFrame, compare: bool = True) -> pd.DataFrame:
+    """Display strings in the paper's layout: `layout.rows` keys down, `layout.cols` keys across (default: stage);
+    `compare` as in `summarize`."""
     rows_by = list(sweep.layout.get("rows", ())) or [k[4:] for k in summary.columns if k.startswith("key.")][:1]
     cols_by = list(sweep.layout.get("cols", ())) or ["stage"]
     table: dict[str, dict[str, str]] = {}
@@ -111,7 +129,7 @@ def layout(sweep: Sweep, summary: pd.DataFrame) -> pd.DataFrame:
         col = " ".join(str(keys.get(k, "")) for k in cols_by).strip() or row["metric"]
         if col not in columns:
             columns.append(col)
-        table.setdefault(name, {})[col] = _display(row)
+        table.setdefault(name, {})[col] = _display(row, compare)
     frame = pd.DataFrame.from_dict(table, orient="index").reindex(columns=columns).fillna("")
     frame.index.name = " / ".join(rows_by)
     return frame
@@ -129,7 +147,7 @@ def latex(grid: pd.DataFrame, caption: str) -> str:
 
     def tex(text: str) -> str:
         text = str(text).replace("\\", "\\textbackslash{}")
-        for a, b in (("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("±", "$\\pm$")):
+        for a, b in (("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("±", "$\\pm$"), ("−", "$-$")):
             text = text.replace(a, b)
         return text
 

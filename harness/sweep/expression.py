@@ -7,7 +7,7 @@
 
 `check` is a small arithmetic expression: numbers, the names of the claim's `cells`, + - * /, comparisons, and / or /
 not. It is parsed with `ast`, never `eval`ed. The sweep reader (`harness.sweep.spec`) rejects anything else with the
-claim's place in the file; `harness.report.claims` evaluates the parsed tree on table values.
+claim's place in the file; `harness.report.claims` evaluates the parsed tree on table values, with their spread.
 """
 
 from __future__ import annotations
