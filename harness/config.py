@@ -41,6 +41,7 @@ TASK_RUN_DIR = re.compile(r"(?:^|/)((?:pretrain|finetune|linear|detect|segment)/
 __all__ = [
     "CONF_DIR",
     "NOT_YET_TRAINABLE",
+    "TASKS",
     "Composer",
     "ConfigError",
     "Derived",
@@ -86,6 +87,9 @@ def _catalog(fact: str, *, _root_: DictConfig):
     if fact not in ("num_classes", "in_chans", "mean", "std"):
         raise ConfigError(f"${{catalog:{fact}}}: not a fact of the catalogue; valid: num_classes, in_chans, mean, std")
     value = getattr(DATASETS[name], fact)
+    stand_in = _root_.data.get("stand_in")
+    if fact == "num_classes" and stand_in is not None:  # a stand-in's classes (harness/data/standins.py)
+        value = 0 if stand_in.mosaic > 1 else len(stand_in.classes) if stand_in.classes else value
     return OmegaConf.create(list(value)) if isinstance(value, tuple) else value
 
 
@@ -114,7 +118,7 @@ def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
 # Keys `_validate` and the resolvers (`${catalog:...}`, `${parity:...}`) read: an override of one of them always goes
 # through `compose`.
 VALIDATED_KEYS = ("task", "method", "optim.lr", "optim.blr", "optim.batch_size", "optim.accum_steps", "run.amp")
-RESOLVER_KEYS = ("data.name", "data.stands_in_for", "data.subset")
+RESOLVER_KEYS = ("data.name", "data.stands_in_for", "data.subset", "data.stand_in")
 
 
 # Hydra's composition of each set of group options (unresolved), shared by every Composer of this process and keyed
@@ -247,9 +251,11 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
 def _validate(cfg: DictConfig) -> None:
     if cfg.task not in TASKS:
         raise ConfigError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    head = {"finetune": "classifier", "linear": "linear", "detect": "mask_rcnn", "segment": "upernet"}.get(cfg.task)
-    if head is not None and cfg.method.name != head:
-        raise ConfigError(f"task={cfg.task} trains method={head}, not method={cfg.method.name}")
+    heads = {"finetune": ("classifier",), "linear": ("linear", "pixels"), "detect": ("mask_rcnn",)}
+    heads["segment"] = ("upernet",)
+    allowed = heads.get(cfg.task)
+    if allowed is not None and cfg.method.name not in allowed:
+        raise ConfigError(f"task={cfg.task} trains method={' or '.join(allowed)}, not method={cfg.method.name}")
     if cfg.optim.lr is None and cfg.optim.blr is None:
         raise ConfigError("set optim.lr (absolute) or optim.blr (scaled by batch_size / 256)")
     if cfg.optim.batch_size % cfg.optim.accum_steps:

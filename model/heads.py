@@ -15,14 +15,26 @@ from torch import Tensor, nn
 from model.method import Method
 from model.vit import ViT
 
-__all__ = ["Classifier", "LinearProbe", "param_groups"]
+__all__ = ["Classifier", "LinearProbe", "PixelProbe", "frozen_features", "param_groups"]
 
-Pool = Literal["avg", "cls"]
+Pool = Literal["avg", "cls", "cls_avg"]
+POOLS = ("avg", "cls", "cls_avg")
 
 
 def _pool(tokens: Tensor, pool: Pool, num_prefix_tokens: int) -> Tensor:
-    """[B, prefix + N, D] -> [B, D]: the class token, or the mean of the patch tokens."""
-    return tokens[:, 0] if pool == "cls" else tokens[:, num_prefix_tokens:].mean(1)
+    """[B, prefix + N, D] -> [B, D]: the class token, the mean of the patch tokens, or both side by side ([B, 2D])."""
+    if pool == "cls":
+        return tokens[:, 0]
+    mean = tokens[:, num_prefix_tokens:].mean(1)
+    return torch.cat([tokens[:, 0], mean], dim=-1) if pool == "cls_avg" else mean
+
+
+@torch.no_grad()
+def frozen_features(encoder: ViT, images: Tensor, layer: int, pool: Pool = "avg") -> Tensor:
+    """The output of block `layer` (1-indexed; the residual stream, before the final norm), pooled: [B, D] (or
+    [B, 2D] for cls_avg). What linear probes and k-NN evaluations read from a frozen encoder."""
+    tokens = encoder.forward_layers(images, [layer - 1])[0]
+    return _pool(tokens, pool, encoder.num_prefix_tokens)
 
 
 def _classification_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -117,7 +129,9 @@ class LinearProbe(Method):
 
     The paper does not give its linear-probing protocol. Assumptions (configurable): features are the output of
     block `layer` (1-indexed as in the paper's figure; the last block by default), average-pooled over the patch
-    tokens, then a BatchNorm without affine parameters, then a linear layer; MAE's linear probe.
+    tokens (`pool`: or the class token, or both), then a BatchNorm without affine parameters, then a linear layer;
+    MAE's linear probe. The harness trains it by SGD (the paper-scale protocol) or solves the same linear model to
+    convergence on the extracted `features` (harness/train/probe.py).
 
     The encoder is frozen and always kept in eval mode (no drop path, no statistics drift).
     """
@@ -132,12 +146,13 @@ class LinearProbe(Method):
         self.layer = depth if layer is None else layer
         if not 1 <= self.layer <= depth:
             raise ValueError(f"layer must be in 1..{depth} (1-indexed block), got {layer}")
-        if pool not in ("avg", "cls"):
-            raise ValueError(f"pool must be 'avg' or 'cls', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.encoder = encoder.requires_grad_(False).eval()
         self.pool = pool
-        self.bn = nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6)
-        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        dim = encoder.embed_dim * (2 if pool == "cls_avg" else 1)
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
         trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
@@ -146,16 +161,43 @@ class LinearProbe(Method):
         self.encoder.eval()
         return self
 
-    @torch.no_grad()
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
     def features(self, images: Tensor) -> Tensor:
-        tokens = self.encoder.forward_layers(images, [self.layer - 1])[0]
-        return _pool(tokens, self.pool, self.encoder.num_prefix_tokens)
+        return frozen_features(self.encoder, images, self.layer, self.pool)
 
     def predict(self, images: Tensor) -> Tensor:
         return self.head(self.bn(self.features(images).float()))
 
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return _classification_loss(self.predict(images), targets, label_smoothing=0.0)
+
+
+class PixelProbe(LinearProbe):
+    """The raw-pixel baseline: the same probe on the flattened, normalised pixels, with no encoder (the "identity
+    encoder"). A number every reader knows: logistic regression on Fashion-MNIST's pixels with 60 labels a class
+    gets 76-80 % (DESIGN.md)."""
+
+    uses_encoder = False
+
+    def __init__(self, encoder: None, num_classes: int, img_size: int, in_chans: int) -> None:
+        Method.__init__(self)
+        if encoder is not None:
+            raise ValueError("PixelProbe reads the pixels: it takes no encoder")
+        self.encoder, self.layer, self.pool = None, 0, "pixels"
+        dim = in_chans * img_size * img_size
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def train(self, mode: bool = True) -> PixelProbe:
+        return Method.train(self, mode)
+
+    def features(self, images: Tensor) -> Tensor:
+        return images.flatten(1)
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:

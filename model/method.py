@@ -53,6 +53,7 @@ class Method(nn.Module):
     views: ClassVar[str]
     labelled: ClassVar[bool] = False  # trained on labels and evaluated on the eval split
     takes_encoder: ClassVar[bool] = False  # wraps an encoder it is given (which `pretrained=` may load)
+    uses_encoder: ClassVar[bool] = True  # builds on a ViT at all (False: the raw-pixel baseline)
 
     @property
     def export_encoder(self) -> nn.Module:

@@ -23,7 +23,7 @@ from torch import nn
 
 from model.beit import BEiT
 from model.dino import DINO
-from model.heads import Classifier, LinearProbe
+from model.heads import Classifier, LinearProbe, PixelProbe
 from model.splitmask import SplitMask
 from model.vit import ViT
 
@@ -40,6 +40,7 @@ METHODS: dict[str, tuple[type[nn.Module], str]] = {
     "beit": (BEiT, "pretrain"),
     "splitmask": (SplitMask, "pretrain"),
     "dino": (DINO, "pretrain"),
+    "pixels": (PixelProbe, "linear"),  # the raw-pixel baseline: no ViT, so no registered name
 }
 # The dataset a size is composed with when no job says otherwise: what its img_size and in_chans come from.
 HOME_DATA = {"micro": "fashion_mnist"}
@@ -56,7 +57,10 @@ def _read_sizes() -> dict[str, dict]:
 # The size presets (patch_size, embed_dim, depth, num_heads), read from harness/conf/model/*.yaml.
 SIZES: dict[str, dict] = _read_sizes()
 MODELS: dict[str, tuple[str, str]] = {
-    f"{m}_vit_{s}_p{preset['patch_size']}": (m, s) for m in METHODS for s, preset in SIZES.items()
+    f"{m}_vit_{s}_p{preset['patch_size']}": (m, s)
+    for m, (cls, _) in METHODS.items()
+    if cls.uses_encoder
+    for s, preset in SIZES.items()
 }
 
 
@@ -73,7 +77,7 @@ def _composed(method: str | None, size: str) -> tuple[dict, dict]:
 
     task = METHODS[method][1] if method else "linear"  # no method: the plain encoder (config.yaml's ViT defaults)
     overrides = [f"task={task}", f"model={size}", f"data={HOME_DATA.get(size, 'imagenet')}"]
-    if task == "pretrain":
+    if task == "pretrain" or method not in (None, "classifier", "linear"):
         overrides.append(f"method={method}")
     cfg = compose(overrides)
     from omegaconf import OmegaConf
@@ -120,7 +124,7 @@ def build(method: str, encoder_args: dict, method_args: dict, encoder_state: dic
         spec.pop("fit", None)
         kwargs["tokenizer"], kwargs["tokenizer_kwargs"] = spec.pop("name"), spec
     _check(cls.__name__, _parameters(cls), kwargs)
-    encoder = ViT(**encoder_args)
+    encoder = ViT(**encoder_args) if cls.uses_encoder else None
     if encoder_state is not None:
         encoder.load_timm_state_dict(encoder_state)
     net = cls(encoder, **kwargs)

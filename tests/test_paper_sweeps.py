@@ -44,6 +44,49 @@ def test_each_sweep_compiles_and_keeps_its_graph_under_the_smoke_profile(path, t
     assert len(real.jobs) == len(smoke.jobs)
 
 
+MICRO = [p for p in PAPER if p.stem not in ("t3_coco", "ade20k")]  # the classification sweeps
+
+
+@pytest.mark.parametrize("path", MICRO, ids=[p.stem for p in MICRO])
+def test_each_classification_sweep_keeps_its_graph_under_the_micro_profile_with_seeds(path, tmp_path):
+    """The micro graph is the paper's, job for job, with 3 seeds of every fine-tuning and probe; iteration parity
+    holds between the stand-ins (equal images seen at the ImageNet epochs' parity)."""
+    sweep = load_sweep(path)
+    real = compile_sweeps([sweep], tmp_path)
+    micro = compile_sweeps([sweep], tmp_path, profile="micro")
+    drop_seed = Counter()
+    for job in micro.jobs.values():
+        for r in job.refs:
+            keys = tuple(sorted((k, v) for k, v in r.keys.items() if k != "seed"))
+            drop_seed[(r.sweep, r.stage, keys)] += 1
+    for (_, stage, keys), n in drop_seed.items():
+        task = sweep.stages[stage].task
+        assert n == (3 if task in ("finetune", "linear") else 1), (stage, keys)
+    assert {k for k in drop_seed} == {(r.sweep, r.stage, tuple(sorted(r.keys.items()))) for j in real.jobs.values()
+                                      for r in j.refs}  # fmt: skip
+    for job in micro.jobs.values():
+        c = job.container
+        assert c["data"]["name"] == "fashion_mnist" and c["model"]["size"] == "micro"
+
+
+def test_micro_stand_ins_see_equal_images_at_iteration_parity(tmp_path):
+    """ImageNet, its 1% and 10%, and COCO at parity: the same number of images seen, within rounding."""
+    graph = compile_sweeps([load_sweep(ROOT / "sweeps" / "t1_sample_efficiency.yaml")], tmp_path, profile="micro")
+    seen = {}
+    for job in graph.jobs.values():
+        c = job.container
+        if job.task != "pretrain":
+            continue
+        d = c["data"]
+        per_class = d["stand_in"]["per_class"] or 6000
+        images = per_class * 10 * (d["subset"]["fraction"] or 1.0)  # 10 classes (mosaics: one item a class)
+        seen[(c["method"]["name"], d["stands_in_for"], d["subset"]["fraction"])] = (
+            images * c["optim"]["epochs"] * c["optim"]["epoch_scale"]
+        )
+    values = list(seen.values())
+    assert len(values) == 15 and max(values) / min(values) < 1.15, seen  # COCO's 3,000 epochs are 3,249 rounded
+
+
 def test_the_same_pretraining_in_several_sweeps_is_one_job(tmp_path):
     graph = compile_sweeps([load_sweep(p) for p in PAPER], tmp_path)
     by_recipe: dict[tuple, set[str]] = {}
@@ -133,7 +176,8 @@ def test_every_paper_sweep_runs_under_the_smoke_profile_into_its_report(tmp_path
         assert (folder / "index.html").stat().st_size > 0
         table = (folder / "table.md").read_text()
         for cell in sweep.cells:
-            assert f"({cell.paper:.1f}" in table, f"{path.name}: paper value {cell.paper} missing from its table"
+            shown = (f"(paper {cell.paper:.1f}", f"({cell.paper:.1f}")  # a profile's report: for reference
+            assert any(s in table for s in shown), f"{path.name}: paper value {cell.paper} missing from its table"
         dense = [c for c in sweep.cells if c.stage in ("detect", "segment")]
         assert ("not runnable" in table) == bool(dense)
         for figure in sweep.figures:

@@ -42,13 +42,14 @@ def test_smoke_sweep_compiles_to_its_graph(tmp_path):
     graph = compile_sweeps([load_sweep(SMOKE)], tmp_path)
     jobs = list(graph.jobs.values())
     assert [j.task for j in jobs].count("pretrain") == 3
-    assert [j.task for j in jobs].count("finetune") == 4
-    assert [j.task for j in jobs].count("linear") == 4
-    pretrain = {j.label: j for j in jobs if j.task == "pretrain"}
+    assert [j.task for j in jobs].count("finetune") == 4 * 3  # three encoders and random init, 3 seeds each
+    assert [j.task for j in jobs].count("linear") == 5 * 3  # and the raw pixels
+    pretrain = {j.refs[0].keys["method"]: j for j in jobs if j.task == "pretrain"}
     for job in jobs:
         assert job.run_dir == tmp_path.resolve() / job.task / job.id
-        if job.task != "pretrain" and job.label != "method=random":
-            up = pretrain[job.label]
+        method = job.refs[0].keys["method"]
+        if job.task != "pretrain" and method in pretrain:
+            up = pretrain[method]
             assert job.upstream == up.id
             assert job.config.pretrained == str(up.run_dir)
         elif job.task != "pretrain":

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from harness.catalog import DATASETS
-from harness.config import CONF_DIR, Composer, ConfigError, config_hash, encoder_overrides
+from harness.config import CONF_DIR, TASKS, Composer, ConfigError, config_hash, encoder_overrides
 from harness.io import atomic_write_text
 from harness.sweep.spec import CLUSTER_KEYS, Block, Stage, Sweep, SweepError, check_override
 
@@ -105,6 +105,7 @@ class Profile:
     replace: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
     stage_cluster: bool = True  # False: ignore the sweeps' per-stage cluster settings (micro jobs fit anywhere)
+    seeds: dict[str, int] = field(default_factory=dict)  # a task's jobs n times: seed=i, data.subset.seed=i (key seed)
 
     def apply(self, task: str, overrides: list[str]) -> list[str]:
         out = []
@@ -132,7 +133,7 @@ def load_profile(name: str | None) -> Profile:
         return Profile("none")
     path = CONF_DIR / "profile" / f"{name}.yaml"
     data = _read_yaml(path, "profile")
-    valid = ("overrides", "tasks", "replace", "cluster", "stage_cluster")
+    valid = ("overrides", "tasks", "replace", "cluster", "stage_cluster", "seeds")
     unknown = set(data) - set(valid)
     if unknown:
         raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(valid)}")
@@ -152,7 +153,14 @@ def load_profile(name: str | None) -> Profile:
         replace={k: overrides(v, f"replace.{k}") for k, v in (data.get("replace") or {}).items()},
         cluster=_check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
         stage_cluster=data.get("stage_cluster", True),
+        seeds=_check_seeds(data.get("seeds") or {}, path),
     )
+
+
+def _check_seeds(seeds: Any, path: Path) -> dict[str, int]:
+    if not isinstance(seeds, dict) or any(t not in TASKS or not isinstance(n, int) or n < 1 for t, n in seeds.items()):
+        raise SweepError(f"{path}: seeds: expected a mapping task -> number of seeds (>= 1), tasks: {', '.join(TASKS)}")
+    return dict(seeds)
 
 
 def load_cluster(name: str) -> dict[str, Any]:
@@ -201,8 +209,12 @@ class _Compiler:
                     )
             upstreams = [(k, j) for k, j in upstreams if all(k.get(a) in v for a, v in block.where.items())]
         made = []
-        for combo in itertools.product(*[list(v.items()) for v in block.axes.values()]):
-            local = {axis: label for axis, (label, _) in zip(block.axes, combo)}
+        axes = dict(block.axes)
+        seeds = self.profile.seeds.get(stage.task, 1)
+        if seeds > 1 and "seed" not in axes:  # the profile's seeds: one more axis, the label draw with the seed
+            axes["seed"] = {str(i): [f"seed={i}", f"data.subset.seed={i}"] for i in range(seeds)}
+        for combo in itertools.product(*[list(v.items()) for v in axes.values()]):
+            local = {axis: label for axis, (label, _) in zip(axes, combo)}
             axis_overrides = [o for _, ovs in combo for o in ovs]
             for up_keys, up_job in upstreams:
                 if any(up_keys.get(u) != local[k] for u, k in block.match.items()):

@@ -56,6 +56,7 @@ FIGURE_KINDS = ("line", "bar", "heatmap")
 METRICS = (
     "top1", "top5", "best_top1", "best_top5", "final_loss", "gpu_hours", "device_hours", "wall_clock_s",
     "wall_clock_hours",                                                     # wall_clock_s / 3600 (T6's "Hours")
+    "knn_top1", "knn_top5",                                                 # DINO's k-NN (linear jobs, pre-training)
     "box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75",  # COCO (task detect)
     "miou",                                                                 # ADE20k (task segment)
 )  # fmt: skip

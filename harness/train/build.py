@@ -29,6 +29,7 @@ from harness.data import (
     finetune_transform,
     pretrain_transform,
 )
+from harness.data.standins import stand_in
 from harness.io import atomic_write
 from harness.train.loader import SeededTransformDataset
 from model.tokenizers import RandomPatchesTokenizer
@@ -46,6 +47,7 @@ __all__ = [
     "build_optimizer",
     "check_options",
     "fit_tokenizer",
+    "frozen_datasets",
     "load_encoder_state",
     "save_encoder",
 ]
@@ -167,6 +169,10 @@ def check_options(cfg: DictConfig, net: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def _stand_in(dataset: Dataset, cfg: DictConfig, split: str) -> Dataset:
+    return stand_in(dataset, **_container(cfg.data.stand_in), split=split)
+
+
 def _subset(dataset: Dataset, cfg: DictConfig) -> Dataset:
     s = cfg.data.subset
     if s.fraction is None and s.per_class is None and s.split_file is None:
@@ -182,7 +188,7 @@ def build_datasets(cfg: DictConfig, net: nn.Module) -> tuple[SeededTransformData
     check_options(cfg, net)
     d, a = cfg.data, cfg.aug
     mean, std, size = tuple(d.mean), tuple(d.std), d.img_size
-    train = _subset(build_dataset(d.name, d.train_split, root=d.root), cfg)
+    train = _train_images(cfg)
     crop = dict(scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip, interpolation=a.interpolation)
     if net.views == "masked":  # SplitMask, BEiT: masks are drawn in the workers, with the crop
         strong = _container(a.strong)
@@ -204,16 +210,38 @@ def build_datasets(cfg: DictConfig, net: nn.Module) -> tuple[SeededTransformData
     train_set = SeededTransformDataset(train, transform, seed=cfg.seed, output=output)
     if not net.labelled:
         return train_set, None
-    evaluation = build_dataset(d.name, d.eval_split, root=d.root)
-    if cfg.eval.per_class:
-        evaluation = class_balanced_subset(evaluation, per_class=cfg.eval.per_class, seed=0)
-    transform = eval_transform(size, mean, std, crop_pct=a.crop_pct, interpolation=a.interpolation)
-    return train_set, _Transformed(evaluation, transform)
+    return train_set, _Transformed(_eval_images(cfg), _eval_transform(cfg))
 
 
 def _tuples(node) -> dict:
     """A config node's values with lists as tuples (what the transforms take)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in _container(node).items()}
+
+
+def frozen_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset]:
+    """The training and evaluation images through the evaluation transform (no augmentation), labelled: what the
+    features of a frozen encoder are extracted from (converged probes, k-NN)."""
+    transform = _eval_transform(cfg)
+    return _Transformed(_train_images(cfg), transform), _Transformed(_eval_images(cfg), transform)
+
+
+def _train_images(cfg: DictConfig) -> Dataset:
+    """The training split as the job reads it: the stand-in (if any), then the subset (if any)."""
+    d = cfg.data
+    return _subset(_stand_in(build_dataset(d.name, d.train_split, root=d.root), cfg, "train"), cfg)
+
+
+def _eval_images(cfg: DictConfig) -> Dataset:
+    d = cfg.data
+    evaluation = _stand_in(build_dataset(d.name, d.eval_split, root=d.root), cfg, "val")
+    if cfg.eval.per_class:
+        evaluation = class_balanced_subset(evaluation, per_class=cfg.eval.per_class, seed=0)
+    return evaluation
+
+
+def _eval_transform(cfg: DictConfig):
+    d, a = cfg.data, cfg.aug
+    return eval_transform(d.img_size, tuple(d.mean), tuple(d.std), crop_pct=a.crop_pct, interpolation=a.interpolation)
 
 
 class _Transformed(Dataset):

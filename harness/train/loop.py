@@ -12,6 +12,7 @@ function of (seed, epoch, index) (see loader.py), so a resumed run logs the same
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import nullcontext
@@ -27,8 +28,10 @@ from harness.config import NOT_YET_TRAINABLE, ConfigError, config_hash, derived,
 from harness.io import atomic_write_json
 from harness.train import RESULT_FILE, checkpoint, distributed, schedules
 from harness.train.build import build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
+from harness.train.frozen import FrozenProbe, frozen_knn
 from harness.train.loader import EpochSampler, build_loader, shard_indices
 from harness.train.logging import MetricsLog, Progress, write_env
+from model.heads import frozen_features
 
 __all__ = ["RESULT_FILE", "NonFiniteLossError", "Trainer", "evaluate", "train"]
 
@@ -42,6 +45,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     if cfg.task in NOT_YET_TRAINABLE:
         raise ConfigError(f"task={cfg.task}: {NOT_YET_TRAINABLE[cfg.task]}")
     ctx = distributed.setup(cfg.run.device)
+    if cfg.task == "linear" and cfg.linear.solver == "lbfgs":  # solved on frozen features: no training loop
+        return FrozenProbe(cfg, Path(run_dir), ctx).run()
+    if cfg.task == "linear" and cfg.linear.solver != "sgd":
+        raise ConfigError(f"linear.solver must be sgd or lbfgs, got {cfg.linear.solver!r}")
     return Trainer(cfg, Path(run_dir), ctx).run()
 
 
@@ -76,14 +83,15 @@ class Trainer:
                 f"data={cfg.data.name} has {len(self.train_set)} training images, fewer than one batch "
                 f"(optim.batch_size={cfg.optim.batch_size})"
             )
-        self.epochs = cfg.optim.epochs
-        self.total = self.iters_per_epoch * self.epochs
-        if cfg.optim.max_iters is not None:  # a capped run: the schedules still span `epochs`
-            self.total = min(self.total, cfg.optim.max_iters)
-        self.capped = self.total < self.iters_per_epoch * self.epochs
         o = cfg.optim
+        # The epochs run: the protocol's, times epoch_scale (--profile micro), warm-up included; maybe fractional.
+        self.epochs = o.epochs * o.epoch_scale
+        self.total = max(1, round(self.iters_per_epoch * self.epochs))
+        if o.max_iters is not None:  # a capped run (--profile smoke): the schedules still span `epochs`
+            self.total = min(self.total, o.max_iters)
         schedule = (self.epochs, self.iters_per_epoch, self.total)  # the values of the steps this run takes
-        self.lr = schedules.cosine(self.d.lr, o.min_lr, *schedule[:2], warmup_epochs=o.warmup_epochs, length=self.total)
+        warmup = o.warmup_epochs * o.epoch_scale
+        self.lr = schedules.cosine(self.d.lr, o.min_lr, *schedule[:2], warmup_epochs=warmup, length=self.total)
         wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
         self.wd = schedules.cosine(o.weight_decay, wd_end, *schedule[:2], length=self.total)
         self.method_values = {name: schedules.array(spec, *schedule) for name, spec in self.net.schedules().items()}
@@ -215,8 +223,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         window = (start, time.perf_counter())
         it = start
-        if self.capped and start >= self.total:  # stopped after its last step (optim.max_iters), maybe unevaluated
-            epoch = start / self.iters_per_epoch
+        if start >= self.total:  # stopped after its last step, maybe before its last evaluation
+            epoch = self._epoch_at(start)
             if self.eval_set is not None and not any(e["epoch"] == epoch for e in self.evals):
                 self.end_epoch(epoch, start, progress, final=True)
             return False
@@ -224,7 +232,7 @@ class Trainer:
         at_epoch_end = start and start % self.iters_per_epoch == 0
         if at_epoch_end and self.eval_due(done_epochs) and done_epochs not in {e["epoch"] for e in self.evals}:
             self.end_epoch(done_epochs, it, progress)  # stopped between an epoch's last step and its evaluation
-        for epoch in range(start // self.iters_per_epoch, self.epochs):
+        for epoch in range(start // self.iters_per_epoch, math.ceil(self.total / self.iters_per_epoch)):
             step_in_epoch = it - epoch * self.iters_per_epoch
             self.train_set.set_epoch(epoch)
             sampler.set_epoch(epoch, start=step_in_epoch * accum * self.d.batch_per_device)
@@ -257,11 +265,16 @@ class Trainer:
                     return True
                 if it % cfg.log.checkpoint_every == 0:
                     self.save(it)
-                if self.capped and it == self.total:  # optim.max_iters
-                    self.end_epoch(it / self.iters_per_epoch, it, progress, final=True)
+                if it == self.total:  # the last step (maybe mid-epoch): always evaluated
+                    self.end_epoch(self._epoch_at(it), it, progress, final=True)
                     return False
             self.end_epoch(epoch + 1, it, progress)
         return False
+
+    def _epoch_at(self, it: int) -> float:
+        """Epochs done after `it` steps: a whole number at an epoch's end."""
+        whole, rest = divmod(it, self.iters_per_epoch)
+        return whole if rest == 0 else it / self.iters_per_epoch
 
     def set_step_values(self, it: int) -> None:
         lr, wd = float(self.lr[it]), float(self.wd[it])
@@ -327,7 +340,7 @@ class Trainer:
         return it, now
 
     def eval_due(self, epoch: int) -> bool:
-        return self.eval_set is not None and (epoch % self.cfg.eval.every_epochs == 0 or epoch == self.epochs)
+        return self.eval_set is not None and epoch % self.cfg.eval.every_epochs == 0
 
     def end_epoch(self, epoch: float, it: int, progress: Progress, final: bool = False) -> None:
         """Evaluate when due (or `final`), then checkpoint (so the checkpoint knows the evaluation)."""
@@ -349,7 +362,8 @@ class Trainer:
             "protocol": self.cfg.task,
             "method": self.cfg.method.name,
             "data": self.cfg.data.name,
-            "epochs": self.epochs,
+            "epochs": self.cfg.optim.epochs,  # the protocol's; `epochs_run` of them ran (epoch_scale)
+            "epochs_run": self.epochs,
             "iterations": self.total,
             "world_size": self.ctx.world_size,
             "wall_clock_s": wall,
@@ -371,12 +385,38 @@ class Trainer:
                 "best_top5_epoch": best5["epoch"],
             }
         result["final_loss"] = self.last_record.get("loss")  # the last logging interval's mean
+        result |= self.knn()
         if self.ctx.is_main:
             if self.cfg.task == "pretrain":
                 save_encoder(self.net.export_encoder, self.run_dir)
             atomic_write_json(self.run_dir / RESULT_FILE, result)
         distributed.barrier()
         return result
+
+    def knn(self) -> dict:
+        """DINO's k-NN at the end: of a linear job's frozen features, or of a pre-trained encoder on labelled data."""
+        cfg = self.cfg
+        if cfg.task == "linear":
+            features = self.net.features
+        elif cfg.task == "pretrain" and cfg.knn.after_pretrain and cfg.data.num_classes > 0:
+            encoder, pool, layer = self.net.export_encoder, cfg.knn.pool, len(self.net.export_encoder.blocks)
+            features = functools.partial(frozen_features, encoder, layer=layer, pool=pool)
+            if cfg.knn.train_per_class is not None:  # a smaller memory bank: a class-balanced part of the images
+                cfg = _with(cfg, {"data": {"subset": {"per_class": cfg.knn.train_per_class, "fraction": None}}})
+        else:
+            return {}
+        self.net.eval()
+        try:
+            return frozen_knn(features, cfg, self.ctx, self.amp_dtype)
+        finally:
+            self.net.train()
+
+
+def _with(cfg: DictConfig, changes: dict) -> DictConfig:
+    """A copy of a read-only config with some values changed."""
+    out = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True), changes)
+    OmegaConf.set_readonly(out, True)
+    return out
 
 
 @torch.no_grad()
