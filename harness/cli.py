@@ -33,12 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="run (or resume) one training job in its run folder")
     train.add_argument("task", choices=["pretrain", "finetune", "linear", "detect", "segment"])
     train.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option (see harness/conf)")
-    _sweep_args(sub.add_parser("plan", help="the job graph of sweeps: per stage done / running / to submit, GPU-h"))
+    plan = sub.add_parser("plan", help="the job graph of sweeps: per stage done / running / to submit, hours")
+    _sweep_args(plan)
+    plan.add_argument(
+        "--measure",
+        action="store_true",
+        help="first time a few steps of each kind of job (task/method) that has no CPU rate on this machine yet "
+        "(results/.harness/cpu_throughput.json), for the CPU-h column",
+    )
     run = sub.add_parser("run", help="submit what the sweeps are missing; running it again submits nothing new")
     _sweep_args(run)
     run.add_argument("--executor", choices=EXECUTORS, help="slurm (default when squeue exists), local or debug")
     run.add_argument("--retry-failed", action="store_true", help="resubmit failed jobs and their dependents")
     run.add_argument("--dry-run", action="store_true", help="say what would be submitted, submit nothing")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="--executor local: jobs run at once, each with cores/N torch threads (default: one per 2 cores, "
+        "2 on a 2-core machine, 1 with a GPU)",
+    )
     _sweep_args(sub.add_parser("status", help="one row per job: state, job id, elapsed, last metric"))
     report = sub.add_parser("report", help="tables, figures, claims and an HTML page per sweep, ours beside the paper")
     _sweep_args(report)
@@ -57,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.config import ConfigError
     from harness.launch.journal import LockedError
+    from harness.launch.pool import PoolError
     from harness.launch.queue import QueueError
     from harness.sweep import SweepError
 
@@ -83,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         from harness.launch import commands
 
         if args.command == "plan":
-            return commands.plan(req)
+            return commands.plan(req, measure=args.measure)
         if args.command == "status":
             return commands.status(req)
-        return commands.run(req, args.executor, args.retry_failed, args.dry_run)
-    except (ConfigError, SweepError, LockedError, QueueError) as err:
+        return commands.run(req, args.executor, args.retry_failed, args.dry_run, jobs=args.jobs)
+    except (ConfigError, SweepError, LockedError, QueueError, PoolError) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -5,7 +5,12 @@
         beit_vit_base_p16 --batch 128 --device cuda      # GPU: ViT-S/B at 224, bf16 autocast
 
 Each step is forward + backward + AdamW step on random images with masks from the model's own generator (drawn
-before timing, as the data-loader workers would). Prints img/s per model.
+before timing, as the data-loader workers would). Prints img/s per model, the FLOP model's FLOPs per image of the
+step (harness.launch.cost.step_flops, on the config the name composes to) and the FLOP rate they make, and each
+model's step time relative to the first one's beside the FLOP model's ratio.
+
+The CPU rates that `harness plan` uses come from `harness plan SWEEPS --measure` (real jobs, a few steps each) and
+from finished local runs, not from this script.
 """
 
 from __future__ import annotations
@@ -20,6 +25,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that a checkout works without installing
 import model
+from harness.config import compose
+from harness.launch.cost import step_flops
+from model.registry import HOME_DATA, METHODS, MODELS
+
+
+def flops_per_image(name: str) -> float:
+    """The FLOP model's FLOPs per image of one training step of a registered model (forward + backward)."""
+    method, size = MODELS[name]
+    task = METHODS[method][1]
+    cfg = compose([f"task={task}", f"model={size}", f"data={HOME_DATA.get(size, 'imagenet')}", f"method={method}"])
+    return step_flops(cfg).total
 
 
 def bench(name: str, batch: int, steps: int, device: torch.device, compile_model: bool) -> float:
@@ -62,8 +78,13 @@ def main() -> None:
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, batch {args.batch}, {'bf16' if device.type == 'cuda' else 'fp32'}")
+    first = None
     for name in args.models:
-        print(f"{name:28s} {bench(name, args.batch, args.steps, device, args.compile):8.1f} img/s", flush=True)
+        speed, flops = bench(name, args.batch, args.steps, device, args.compile), flops_per_image(name)
+        first = first or (speed, flops)
+        rate = f"{flops / 1e9:7.3f} GFLOP/img  {speed * flops / 1e9:8.1f} GFLOP/s"
+        ratio = f"step x{first[0] / speed:.2f} (FLOPs x{flops / first[1]:.2f})"
+        print(f"{name:28s} {speed:8.1f} img/s  {rate}  {ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ harness status sweeps/smoke.yaml                      # one row per job; non-zer
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 
@@ -37,17 +38,33 @@ def _hours(h: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def plan(req: Request, out=None) -> int:
-    from harness.launch.cost import CostModel  # imports the model sizes (timm): only here
+def plan(req: Request, out=None, measure: bool = False) -> int:
+    """Per sweep and stage: jobs, their states, and what they cost: GPU-h on the cluster (the cost model, or runs
+    that finished on GPUs), hours on this CPU (measured rates: `measure` takes them first where missing) and on one
+    GPU (the FLOP model at an assumed utilisation). See harness.launch.cost."""
+    from harness.launch import cost as costs
 
     out = out or sys.stdout
     graph = compile_request(req)
     states = observe(graph, req.results_dir)
-    cost = CostModel()
     done = {j.run_dir: j.config for j in graph.jobs.values() if states[j.id].state is State.DONE}
+    cost = costs.CostModel()
     cost.calibrate(req.results_dir, done)
-    estimates = {j.id: cost.estimate(j.config) for j in graph.jobs.values()}
+    cpu = costs.CpuModel(req.results_dir)
+    cpu.calibrate(done)
+    if measure:
+        from harness.launch.measure import measure_cpu  # torch: only when asked
+
+        missing = {}
+        for job in graph.jobs.values():
+            if job.blocked is None and cpu.rate(job.config) is None:
+                missing.setdefault(costs.cpu_kind(job.config), job)
+        measure_cpu(missing, cpu, out)
+    estimates = {}
+    for j in graph.jobs.values():
+        estimates[j.id] = (cost.estimate(j.config), cpu.estimate(j.config), costs.gpu_hours(j.config))
     columns = ["stage", "jobs", "done", "running", "pending", "failed", "to submit", "GPU-h/job", "GPU-h", "estimate"]
+    columns += ["CPU-h", "CPU rate", f"1 {costs.GPU_NAME} h"]
     for sweep in graph.sweeps:
         print(f"\n{sweep.name}: {sweep.title} ({sweep.path})", file=out)
         rows = []
@@ -57,16 +74,16 @@ def plan(req: Request, out=None) -> int:
         print(_table(columns, rows), file=out)
     all_jobs = list(graph.jobs.values())
     _print_blocked(all_jobs, out)
-    if len(graph.sweeps) == 1:
-        return 0
-    refs = sum(len(j.refs) for j in all_jobs)
-    print(f"\nall sweeps: {len(all_jobs)} jobs ({refs - len(all_jobs)} shared references counted once)", file=out)
-    rows = [
-        _plan_row(task, [j for j in all_jobs if j.task == task], states, estimates)
-        for task in dict.fromkeys(j.task for j in all_jobs)
-    ]
-    rows.append(_plan_row("total", all_jobs, states, estimates))
-    print(_table(columns, rows), file=out)
+    if len(graph.sweeps) > 1:
+        refs = sum(len(j.refs) for j in all_jobs)
+        print(f"\nall sweeps: {len(all_jobs)} jobs ({refs - len(all_jobs)} shared references counted once)", file=out)
+        rows = [
+            _plan_row(task, [j for j in all_jobs if j.task == task], states, estimates)
+            for task in dict.fromkeys(j.task for j in all_jobs)
+        ]
+        rows.append(_plan_row("total", all_jobs, states, estimates))
+        print(_table(columns, rows), file=out)
+    _print_hours(req, [j for j in all_jobs if j.blocked is None], estimates, cpu, out)
     return 0
 
 
@@ -78,9 +95,12 @@ def _print_blocked(jobs: list[Job], out) -> None:
 def _plan_row(name: str, jobs: list[Job], states: dict[str, JobState], estimates: dict) -> list:
     count = Counter(states[j.id].state for j in jobs)
     todo = sum(1 for j in jobs if states[j.id].state in RESUBMIT and j.blocked is None)
-    hours = [estimates[j.id].hours for j in jobs]
-    sources = sorted({estimates[j.id].source for j in jobs})
+    hours = [estimates[j.id][0].hours for j in jobs]
+    sources = sorted({estimates[j.id][0].source for j in jobs})
     per_job = _hours(sum(hours) / len(hours)) if hours else "-"
+    cpu = [estimates[j.id][1] for j in jobs if j.blocked is None]  # hours of the jobs that can run
+    measured = [e.hours for e in cpu if not math.isnan(e.hours)]
+    cpu_hours = "-" if not measured else _hours(sum(measured)) + ("" if len(measured) == len(cpu) else "+")
     return [
         name,
         len(jobs),
@@ -92,7 +112,44 @@ def _plan_row(name: str, jobs: list[Job], states: dict[str, JobState], estimates
         per_job,
         _hours(sum(hours)),
         ", ".join(sources),
+        cpu_hours,
+        ", ".join(sorted({e.source for e in cpu})) or "-",
+        _hours(sum(estimates[j.id][2].hours for j in jobs)),
     ]
+
+
+def _print_hours(req: Request, jobs: list[Job], estimates: dict, cpu, out) -> None:
+    """The CPU and one-GPU columns in words: their assumptions, and what has no CPU measurement yet."""
+    from harness.launch import cost as costs
+    from harness.launch.pool import default_slots, usable_cores
+
+    cores = usable_cores()
+    measured = [estimates[j.id][1].hours for j in jobs if not math.isnan(estimates[j.id][1].hours)]
+    missing = Counter(costs.cpu_kind(j.config) for j in jobs if math.isnan(estimates[j.id][1].hours))
+    hours = _hours(sum(measured)) if measured else "-"
+    print(
+        f"\nCPU-h: this machine ({cpu.host}, {cores} cores, jobs side by side as `harness run --executor local` runs "
+        f"{default_slots(cores)} at a time): {hours} h for {len(measured)} of {len(jobs)} runnable jobs, from their "
+        "kind's FLOP rate measured here (runs: finished local runs; bench: `harness plan --measure`)",
+        file=out,
+    )
+    if missing:
+        kinds = ", ".join(f"{kind} ({n})" for kind, n in missing.items())
+        words = [*req.sweeps, *req.overrides]
+        words += [f"--profile {req.profile}"] * bool(req.profile) + [f"--results {req.results}"] * bool(req.results)
+        print(
+            f"  no measurement for {kinds} (a CPU-h with a + counts only the others): "
+            f"run `harness plan {' '.join(words)} --measure`",
+            file=out,
+        )
+    gpu = sum(estimates[j.id][2].hours for j in jobs)
+    floor = sum(1 for j in jobs if estimates[j.id][2].source == "steps")
+    print(
+        f"1 {costs.GPU_NAME} h: {_hours(gpu)} h one job after another, from the FLOP model at an assumed "
+        f"{costs.GPU_MFU:.0%} of {costs.GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s (dense bf16 peak), no step under "
+        f"{costs.GPU_MIN_STEP_S * 1e3:.0f} ms ({floor} of {len(jobs)} jobs on that floor; harness/launch/cost.py)",
+        file=out,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,7 +179,16 @@ def _wanted(graph: Graph, states: dict[str, JobState], retry_failed: bool) -> tu
     return list(submit.values()), cancel, held
 
 
-def run(req: Request, executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, out=None) -> int:
+def run(
+    req: Request,
+    executor: str | None = None,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    out=None,
+    jobs: int | None = None,
+) -> int:
+    """Submit (or, `local` / `debug`, run here) what the sweeps miss. `jobs`: how many local jobs run at once
+    (default: `harness.launch.pool.default_slots`). Exit code 0 when all went well, 130 when interrupted."""
     out = out or sys.stdout
     graph = compile_request(req)
     executor = executor or ("slurm" if Queue.available() else "local")
@@ -165,7 +231,9 @@ def run(req: Request, executor: str | None = None, retry_failed: bool = False, d
                 )
             return 0
         finished = {j for j, s in states.items() if s.state is State.DONE}
-        outcome = run_here(submit, results, journal, executor, finished)
+        outcome = run_here(submit, results, journal, executor, finished, slots=jobs)
+        if "interrupted" in outcome.values():
+            return 130
         return 1 if any(v != "done" for v in outcome.values()) else 0
 
 

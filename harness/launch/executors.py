@@ -2,8 +2,9 @@
 
 One SLURM array holds the jobs of one stage that share cluster settings and the same upstream job, so every
 dependency is exact: `afterok:<the upstream's id>`, with `--kill-on-invalid-dep=yes` so dependents of a failed job
-leave the queue instead of waiting forever. The local executor runs the same `TrainJob` on the same run folders,
-one job at a time in dependency order; the debug executor runs them in this process.
+leave the queue instead of waiting forever. The local executor runs the same `TrainJob` on the same run folders in
+a pool of persistent workers, independent jobs side by side, each job once its upstream is done
+(`harness.launch.pool`); the debug executor runs them one at a time in this process.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from harness.launch import EXECUTORS
 from harness.launch.journal import JOB_NAME_PREFIX, Journal
 from harness.launch.state import log_paths, submitit_folder, tail
 from harness.sweep.graph import Job
-from harness.train.entry import TrainJob
 
 __all__ = ["EXECUTORS", "Group", "run_here", "submit_slurm", "submitit_parameters"]
 
@@ -67,6 +67,8 @@ def _args(job: Job) -> tuple[dict, str]:
 
 def submit_slurm(groups: list[Group], results: Path, journal: Journal) -> dict[str, str]:
     """Submit each group as one array (upstream groups first); returns `{job identity: SLURM job id}`."""
+    from harness.train.entry import TrainJob  # torch: only where jobs are pickled or run here
+
     ids: dict[str, str] = {}
     for group in groups:
         for start in range(0, len(group.jobs), MAX_ARRAY):
@@ -95,12 +97,24 @@ def submit_slurm(groups: list[Group], results: Path, journal: Journal) -> dict[s
     return ids
 
 
-def run_here(jobs: list[Job], results: Path, journal: Journal, executor_name: str, done: set[str]) -> dict[str, str]:
-    """Run `jobs` (dependency order) on this machine, one at a time; returns `{identity: "done" | "failed"}`.
+def run_here(
+    jobs: list[Job], results: Path, journal: Journal, executor_name: str, done: set[str], slots: int | None = None
+) -> dict[str, str]:
+    """Run `jobs` (dependency order) on this machine; returns `{identity: outcome}` ("done" when it finished).
 
-    A job whose upstream failed is not started. Local jobs run in a subprocess each (submitit's LocalExecutor,
-    logs under results/.submitit/<pid>/); debug jobs run in this process.
+    A job whose upstream failed is not started. `local`: a pool of `slots` persistent workers, one process per job
+    (`harness.launch.pool`: logs under results/.submitit/<pid>/). `debug`: one at a time in this process.
     """
+    if executor_name == "local":
+        from harness.launch.pool import Pool
+
+        return Pool(results, journal, slots=slots).run(jobs, done)
+    return _run_debug(jobs, results, journal, executor_name, done)
+
+
+def _run_debug(jobs: list[Job], results: Path, journal: Journal, executor_name: str, done: set[str]) -> dict[str, str]:
+    from harness.train.entry import TrainJob
+
     outcome: dict[str, str] = {}
     for n, job in enumerate(jobs, 1):
         head = f"[{n}/{len(jobs)}] {job.task} {job.label} ({job.id})"
