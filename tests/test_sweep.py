@@ -133,6 +133,49 @@ def test_smoke_profile_swaps_datasets_and_shrinks_jobs(tmp_path):
     assert job.config.optim.max_iters == 2
 
 
+def test_micro_profile_seeds_downstream_jobs_and_keeps_what_each_stand_in_is_about(tmp_path, monkeypatch):
+    path = write(
+        tmp_path,
+        """
+        stages:
+          pretrain:
+            overrides: [model=small, optim.epochs=300]
+            grid: {data: {cars: [data=stanford_cars], coco: [data=coco], sketch: [data=sketch]}}
+          finetune:
+            grid: {from: pretrain, where: {data: [cars, sketch]}}
+        """,
+    )
+    graph = compile_sweeps([load_sweep(path)], tmp_path, profile="micro")
+    pretrain = {j.refs[0].keys["data"]: j.config for j in graph.jobs.values() if j.task == "pretrain"}
+    finetune = [j for j in graph.jobs.values() if j.task == "finetune"]
+    assert len(pretrain) == 3 and len(finetune) == 2 * 3  # three seeds of every fine-tuning
+    assert sorted({(j.refs[0].keys["seed"], j.config.seed, j.config.data.subset.seed) for j in finetune}) == [
+        ("0", 0, 0), ("1", 1, 1), ("2", 2, 2)]  # fmt: skip
+    cars, coco, sketch = pretrain["cars"], pretrain["coco"], pretrain["sketch"]
+    assert list(cars.data.stand_in.classes) == [5, 7, 9] and cars.data.num_classes == 3  # a fine-grained target
+    assert cars.method.args.mask_ratio == 0.75  # the smallest sets keep their recipe
+    assert coco.data.stand_in.mosaic == 2 and coco.data.num_classes == 0  # scenes, unlabelled
+    assert sketch.data.stand_in.style == "sketch"
+    assert cars.optim.epochs == 300 and cars.optim.epoch_scale == pytest.approx(1 / 600)  # the protocol's epochs
+    with pytest.raises(SweepError, match="seeds"):
+        _bad_profile(tmp_path, "seeds: {finetune: 0}")
+
+
+def _bad_profile(tmp_path: Path, text: str):
+    import harness.sweep.graph as graph_module
+    from harness.sweep.graph import load_profile
+
+    folder = tmp_path / "conf" / "profile"
+    folder.mkdir(parents=True)
+    (folder / "bad.yaml").write_text(text)
+    original = graph_module.CONF_DIR
+    graph_module.CONF_DIR = tmp_path / "conf"
+    try:
+        return load_profile("bad")
+    finally:
+        graph_module.CONF_DIR = original
+
+
 def test_smoke_profile_keeps_distinct_datasets_models_and_epochs_distinct(tmp_path):
     """Every paper dataset has its own stand-in, ViT-S and ViT-B stay two models, and epochs stay in the identity."""
     path = write(

@@ -42,6 +42,7 @@ __all__ = [
     "DALLE_WEIGHTS_ENV",
     "ENCODER_FILE",
     "ENCODER_FILES",
+    "amp_dtype",
     "build_datasets",
     "build_model",
     "build_optimizer",
@@ -282,6 +283,14 @@ def fit_tokenizer(net: nn.Module, train: SeededTransformDataset, cfg: DictConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def amp_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `run.amp`: auto is bf16 on CUDA and none (fp32) on the CPU."""
+    amp = cfg.run.amp
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
+
+
 def build_optimizer(net: nn.Module, cfg: DictConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; no weight decay on norms, biases, embeddings; optional layer decay."""
     groups = models.param_groups(net, cfg.optim.weight_decay, cfg.optim.layer_decay)

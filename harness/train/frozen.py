@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 from harness.config import config_hash, save_config
 from harness.io import atomic_write_json
 from harness.train import RESULT_FILE, distributed
-from harness.train.build import build_model, frozen_datasets
+from harness.train.build import amp_dtype, build_model, frozen_datasets
 from harness.train.logging import MetricsLog, Progress, write_env
 from harness.train.probe import extract_features, knn_classify, linear_probe
 
@@ -86,31 +85,15 @@ class FrozenProbe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             write_env(self.run_dir / "env.json", ctx.world_size, ctx.device)
-        amp = torch.bfloat16 if ctx.device.type == "cuda" and cfg.run.amp in ("auto", "bf16") else None
         result = {}
         if ctx.is_main:
-            train_x, train_y, test_x, test_y = extract_both(net.features, cfg, ctx, amp, "linear probe")
-            probe = linear_probe(
-                train_x.to(ctx.device),
-                train_y,
-                test_x.to(ctx.device),
-                test_y,
-                cfg.data.num_classes,
-                grid=list(cfg.linear.l2_grid),
-                folds=cfg.linear.folds,
-                seed=cfg.seed,
-                max_iter=cfg.linear.max_iter,
-                tol=cfg.linear.tol,
-            )
-            knn = knn_classify(
-                train_x.to(ctx.device),
-                train_y,
-                test_x.to(ctx.device),
-                test_y,
-                cfg.data.num_classes,
-                cfg.knn.k,
-                cfg.knn.temperature,
-            )
+            features = extract_both(net.features, cfg, ctx, amp_dtype(cfg, ctx.device), "linear probe")
+            train_x, train_y, test_x, test_y = features
+            train_x, test_x = train_x.to(ctx.device), test_x.to(ctx.device)
+            lin = cfg.linear
+            probe = linear_probe(train_x, train_y, test_x, test_y, cfg.data.num_classes, grid=list(lin.l2_grid),
+                                 folds=lin.folds, seed=cfg.seed, max_iter=lin.max_iter, tol=lin.tol)  # fmt: skip
+            knn = knn_classify(train_x, train_y, test_x, test_y, cfg.data.num_classes, cfg.knn.k, cfg.knn.temperature)
             wall = time.perf_counter() - started
             result = {
                 "task": cfg.task,

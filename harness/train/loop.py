@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from harness.config import NOT_YET_TRAINABLE, ConfigError, config_hash, derived, save_config
 from harness.io import atomic_write_json
 from harness.train import RESULT_FILE, checkpoint, distributed, schedules
-from harness.train.build import build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
+from harness.train.build import amp_dtype, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
 from harness.train.frozen import FrozenProbe, frozen_knn
 from harness.train.loader import EpochSampler, build_loader, shard_indices
 from harness.train.logging import MetricsLog, Progress, write_env
@@ -50,13 +50,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     if cfg.task == "linear" and cfg.linear.solver != "sgd":
         raise ConfigError(f"linear.solver must be sgd or lbfgs, got {cfg.linear.solver!r}")
     return Trainer(cfg, Path(run_dir), ctx).run()
-
-
-def _amp_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
-    amp = cfg.run.amp
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
 
 
 def _to(batch, device: torch.device):
@@ -98,7 +91,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.net, cfg, self.d.lr, self.device)
         # Groups built without weight decay (norms, biases, embeddings) never get any.
         self.decayed_groups = [g for g in self.optimizer.param_groups if g["weight_decay"] > 0]
-        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.amp_dtype = amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.trainable = [p for p in self.net.parameters() if p.requires_grad]
         self.mixup = self._mixup()
@@ -385,6 +378,8 @@ class Trainer:
                 "best_top5_epoch": best5["epoch"],
             }
         result["final_loss"] = self.last_record.get("loss")  # the last logging interval's mean
+        if self.cfg.task == "linear":  # a fixed SGD schedule (the paper-scale protocol): convergence not checked
+            result |= {"solver": "sgd", "converged": None}
         result |= self.knn()
         if self.ctx.is_main:
             if self.cfg.task == "pretrain":
@@ -421,7 +416,7 @@ def _with(cfg: DictConfig, changes: dict) -> DictConfig:
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, dataset, ctx: distributed.Dist, batch_size: int, cfg: DictConfig, amp_dtype
+    net: nn.Module, dataset, ctx: distributed.Dist, batch_size: int, cfg: DictConfig, amp: torch.dtype | None
 ) -> tuple[float, float]:
     """Top-1 / top-5 accuracy (%) of `net.predict` on `dataset`, each rank on its own shard, summed over ranks."""
     net.eval()
@@ -436,7 +431,7 @@ def evaluate(
     counts = torch.zeros(3, device=ctx.device)  # top-1 hits, top-5 hits, samples
     for images, labels in loader:
         images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
-        with torch.autocast(ctx.device.type, amp_dtype) if amp_dtype else nullcontext():
+        with torch.autocast(ctx.device.type, amp) if amp else nullcontext():
             logits = net.predict(images)
         top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top == labels[:, None]
