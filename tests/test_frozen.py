@@ -55,11 +55,16 @@ def test_a_converged_probe_is_the_optimum_of_its_features(tmp_path):
 
 @needs_data
 def test_sgd_probes_and_labelled_pre_trainings_report_their_k_nn(tmp_path):
-    lin = train(compose(["task=linear", "optim.epochs=1", "optim.batch_size=50", *QUICK]), tmp_path / "lin")
+    """knn.train_per_class bounds the memory bank of a pre-training, and of a probe of a whole set, not a subset's."""
+    sgd = ["task=linear", "optim.epochs=1", "optim.batch_size=50", "knn.train_per_class=5"]
+    lin = train(compose([*sgd, *QUICK]), tmp_path / "lin")
     assert lin["protocol"] == "linear" and "knn_top1" in lin and lin["solver"] == "sgd" and lin["converged"] is None
+    assert lin["knn_bank"] == 200  # the probe's 20 labels a class
+    whole = train(compose([*sgd, *QUICK[:3], "data.stand_in.per_class=20"]), tmp_path / "whole")  # no subset
+    assert whole["knn_bank"] == 50
     pre = compose(["optim.max_iters=2", "optim.batch_size=50", "knn.train_per_class=5", *QUICK])
     result = train(pre, tmp_path / "pre")
-    assert 0 <= result["knn_top1"] <= 100
+    assert 0 <= result["knn_top1"] <= 100 and result["knn_bank"] == 50
     coco_like = compose([*QUICK[:2], "optim.max_iters=1", "optim.batch_size=50", "data.stand_in.mosaic=2",
                          "data.stand_in.per_class=10"])  # fmt: skip
     assert coco_like.data.num_classes == 0  # mosaics are unlabelled: no k-NN

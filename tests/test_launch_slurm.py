@@ -19,9 +19,22 @@ from harness.sweep import Request, compile_request
 from tests.helpers import all_finished, needs_data, wait_for, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, needs_data]
-SMOKE = str(Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml")
-# On top of the smoke profile: a handful of iterations per job, so the suite stays short.
-SHRINK = ["data.subset.per_class=10", "optim.batch_size=50", "eval.per_class=10"]
+# The demo's pipeline in 11 jobs of a few iterations: three pre-trainings (one array), each fine-tuned and probed,
+# beside a random initialisation's fine-tuning and probe (the demo itself, 30 jobs of minutes, is `make demo`).
+PIPELINE = """
+stages:
+  pretrain:
+    grid:
+      method: {splitmask: [method=splitmask], beit: [method=beit], dino: [method=dino, ++method.args.num_local_crops=2]}
+  finetune:
+    grid:
+      - from: pretrain
+      - method: {random: []}
+  linear:
+    grid:
+      - from: pretrain
+      - method: {random: []}
+"""
 
 
 def request(tmp_path: Path, sweep: str, overrides=(), profile=None) -> Request:
@@ -38,8 +51,8 @@ def journal_intents(req: Request) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == "intent"]
 
 
-def test_smoke_sweep_completes_on_slurm_and_a_second_run_submits_nothing(slurm, tmp_path, capsys):
-    req = request(tmp_path, SMOKE, SHRINK, profile="smoke")
+def test_a_pipeline_sweep_completes_on_slurm_and_a_second_run_submits_nothing(slurm, tmp_path, capsys):
+    req = request(tmp_path, write_sweep(tmp_path, PIPELINE))
     assert commands.run(req, "slurm") == 0
     out = capsys.readouterr().out
     assert "11 jobs: 0 done, 0 in flight, 11 to submit (slurm)" in out

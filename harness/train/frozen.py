@@ -1,7 +1,7 @@
 """Evaluations of a frozen encoder on its extracted features: the converged linear probe and DINO's k-NN.
 
     harness train linear pretrained=results/pretrain/<hash> linear.solver=lbfgs   # a FrozenProbe job
-    knn = frozen_knn(features, cfg, ctx, amp_dtype)                               # {"knn_top1", "knn_top5"}
+    knn = frozen_knn(features, cfg, ctx, amp=None)                                # {"knn_top1", "knn_top5"}
 
 The features of the training and evaluation images are extracted once, with no augmentation (the evaluation
 transform), in batches on the job's device; the solvers of `harness/train/probe.py` then work on them. A `linear`
@@ -31,7 +31,7 @@ __all__ = ["FrozenProbe", "extract_both", "frozen_knn"]
 
 
 def extract_both(
-    features: Callable[[Tensor], Tensor], cfg: DictConfig, ctx: distributed.Dist, amp_dtype, what: str
+    features: Callable[[Tensor], Tensor], cfg: DictConfig, ctx: distributed.Dist, amp, what: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Features and labels of the training and evaluation images (no augmentation), on the CPU."""
     train, evaluation = frozen_datasets(cfg)
@@ -46,23 +46,24 @@ def extract_both(
             batch,
             ctx.device,
             cfg.loader.workers,
-            amp_dtype,
+            amp,
             lambda done, _, bar=bar: bar.update(done, {}),
         )
         bar.close()
     return tuple(out)
 
 
-def frozen_knn(features: Callable[[Tensor], Tensor], cfg: DictConfig, ctx: distributed.Dist, amp_dtype) -> dict:
-    """DINO's weighted k-NN of frozen features (k, T from `knn`): {"knn_top1", "knn_top5"}, on the main process."""
+def frozen_knn(features: Callable[[Tensor], Tensor], cfg: DictConfig, ctx: distributed.Dist, amp) -> dict:
+    """DINO's weighted k-NN of frozen features (k, T from `knn`), on the main process: {"knn_top1", "knn_top5",
+    "knn_k", "knn_bank"} (the memory bank's size)."""
     result = {}
     if ctx.is_main:
-        train_x, train_y, test_x, test_y = extract_both(features, cfg, ctx, amp_dtype, "k-NN")
+        train_x, train_y, test_x, test_y = extract_both(features, cfg, ctx, amp, "k-NN")
         device = ctx.device
         knn = knn_classify(
             train_x.to(device), train_y, test_x.to(device), test_y, cfg.data.num_classes, cfg.knn.k, cfg.knn.temperature
         )
-        result = {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_k": cfg.knn.k}
+        result = {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_k": cfg.knn.k, "knn_bank": len(train_y)}
     distributed.barrier()
     return result
 

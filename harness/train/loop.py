@@ -391,15 +391,19 @@ class Trainer:
     def knn(self) -> dict:
         """DINO's k-NN at the end: of a linear job's frozen features, or of a pre-trained encoder on labelled data."""
         cfg = self.cfg
+        subset = cfg.data.subset
         if cfg.task == "linear":
             features = self.net.features
+            whole = subset.fraction is None and subset.per_class is None and subset.split_file is None
         elif cfg.task == "pretrain" and cfg.knn.after_pretrain and cfg.data.num_classes > 0:
             encoder, pool, layer = self.net.export_encoder, cfg.knn.pool, len(self.net.export_encoder.blocks)
             features = functools.partial(frozen_features, encoder, layer=layer, pool=pool)
-            if cfg.knn.train_per_class is not None:  # a smaller memory bank: a class-balanced part of the images
-                cfg = _with(cfg, {"data": {"subset": {"per_class": cfg.knn.train_per_class, "fraction": None}}})
+            whole = True  # the pre-training's images are not the point: any labelled part of them will do
         else:
             return {}
+        if whole and cfg.knn.train_per_class is not None:  # a smaller memory bank: a class-balanced part
+            bank = {"per_class": cfg.knn.train_per_class, "fraction": None, "split_file": None}
+            cfg = _with(cfg, {"data": {"subset": bank}})
         self.net.eval()
         try:
             return frozen_knn(features, cfg, self.ctx, self.amp_dtype)
