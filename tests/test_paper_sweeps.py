@@ -49,14 +49,22 @@ MICRO = [p for p in PAPER if p.stem not in ("t3_coco", "ade20k")]  # the classif
 
 @pytest.mark.parametrize("path", MICRO, ids=[p.stem for p in MICRO])
 def test_each_classification_sweep_keeps_its_graph_under_the_micro_profile_with_seeds(path, tmp_path):
-    """The micro graph is the paper's, job for job, with 3 seeds of every fine-tuning and probe; iteration parity
-    holds between the stand-ins (equal images seen at the ImageNet epochs' parity)."""
+    """The micro graph is the paper's, job for job, with 3 seeds of every fine-tuning and probe, and beside them the
+    baselines of each one's data: random init with its task's recipe, the raw pixels' probe, on each seed."""
     sweep = load_sweep(path)
     real = compile_sweeps([sweep], tmp_path)
     micro = compile_sweeps([sweep], tmp_path, profile="micro")
     drop_seed = Counter()
+    wanted, baselines = set(), set()
     for job in micro.jobs.values():
+        data = job.container["data"]["stands_in_for"]
         for r in job.refs:
+            if r.stage == "baselines":
+                assert job.upstream is None
+                baselines.add((r.keys["baseline"], r.keys["task"], r.keys["data"], r.keys["seed"]))
+                continue
+            if job.task in ("finetune", "linear") and job.upstream:
+                wanted |= {("random", job.task, data, r.keys["seed"]), ("pixels", "linear", data, r.keys["seed"])}
             keys = tuple(sorted((k, v) for k, v in r.keys.items() if k != "seed"))
             drop_seed[(r.sweep, r.stage, keys)] += 1
     for (_, stage, keys), n in drop_seed.items():
@@ -64,6 +72,7 @@ def test_each_classification_sweep_keeps_its_graph_under_the_micro_profile_with_
         assert n == (3 if task in ("finetune", "linear") else 1), (stage, keys)
     assert {k for k in drop_seed} == {(r.sweep, r.stage, tuple(sorted(r.keys.items()))) for j in real.jobs.values()
                                       for r in j.refs}  # fmt: skip
+    assert baselines == wanted
     for job in micro.jobs.values():
         c = job.container
         assert c["data"]["name"] == "fashion_mnist" and c["model"]["size"] == "micro"

@@ -263,3 +263,51 @@ cells:
     grid = layout(load_sweep(sweep_path), summarize(load_sweep(sweep_path), df))
     assert grid.loc["splitmask", "wall_clock_hours"] == "30.0 n=1 (34.0, -4.0 =)"
     assert grid.loc["mocov3", "top1"] == "quoted (81.4)"
+
+
+BASELINES = """\
+| baseline | fashion_mnist |
+|---|---|
+| random init, fine-tuned | 51.0 ± 1.4 n=2 |
+| raw pixels, linear probe | 70.0 n=1 |
+| raw pixels, 20-NN | 65.0 n=1 |"""
+
+
+def test_a_profiles_baselines_are_shared_jobs_beside_the_cells_and_get_their_table(tmp_path, monkeypatch, capsys):
+    """`baselines:` adds, on each downstream job's data and seed, the job with no encoder and the raw-pixel probe:
+    jobs shared by every method's fine-tuning, outside every cell, reported in their own table."""
+    from harness.sweep import graph as graph_module
+
+    profile = graph_module.Profile("with-baselines", baselines={"finetune": ("random", "pixels")})
+    monkeypatch.setattr(graph_module, "load_profile", lambda name: profile)
+    sweep = write_sweep(tmp_path, T1, "t1")
+    req = Request([sweep], [], profile="with-baselines", results=str(tmp_path / "results"))
+    graph = compile_request(req)
+    base = {j.id: j for r, j in graph.refs("t1") if r.stage == "baselines"}
+    random = sorted((j for j in base.values() if j.task == "finetune"), key=lambda j: j.container["seed"])
+    pixels = sorted((j for j in base.values() if j.task == "linear"), key=lambda j: j.container["seed"])
+    assert len(base) == 4 and len(random) == len(pixels) == 2  # 4 fine-tunings x 2 seeds: one per seed and kind
+    assert all(j.upstream is None and j.container["pretrained"] is None for j in base.values())
+    assert [j.container["seed"] for j in random] == [0, 1] and {j.container["method"]["name"] for j in pixels} == {
+        "pixels"
+    }
+    ft = next(j for j in graph.jobs.values() if j.task == "finetune" and j.upstream and j.container["seed"] == 0)
+    assert random[0].container["optim"] == ft.container["optim"]  # the sweep's own recipe
+    cells = [j for cell in load_sweep(sweep).cells for _, j in graph.select("t1", "finetune", cell.keys)]
+    assert not set(base) & {j.id for j in cells}
+    for job, result in zip([*random, pixels[0]], [{"top1": 50.0}, {"top1": 52.0}, {"top1": 70.0, "knn_top1": 65.0}]):
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "result.json").write_text(json.dumps(result))
+    (page,) = build_reports(req, tmp_path / "reports")
+    out = capsys.readouterr().out
+    assert BASELINES in out and BASELINES in (page.parent / "table.md").read_text()
+    assert "raw pixels, linear probe" in page.read_text()
+
+
+def test_a_profile_with_unknown_baselines_is_refused():
+    from harness.sweep.graph import _check_baselines
+
+    with pytest.raises(SweepError, match=r"micro\.yaml: baselines\.pretrain: expected a mapping finetune\|linear"):
+        _check_baselines({"pretrain": ["random"]}, Path("micro.yaml"))
+    with pytest.raises(SweepError, match=r"baselines\.linear: .*got \['imagenet'\]"):
+        _check_baselines({"linear": ["imagenet"]}, Path("micro.yaml"))

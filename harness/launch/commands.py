@@ -67,10 +67,10 @@ def plan(req: Request, out=None, measure: bool = False) -> int:
     columns += ["CPU-h", "CPU rate", f"1 {costs.GPU_NAME} h"]
     for sweep in graph.sweeps:
         print(f"\n{sweep.name}: {sweep.title} ({sweep.path})", file=out)
-        rows = []
-        for stage in sweep.stages.values():
-            jobs = {job.id: job for ref, job in graph.refs(sweep.name) if ref.stage == stage.name}
-            rows.append(_plan_row(stage.name, list(jobs.values()), states, estimates))
+        by_stage: dict[str, dict[str, Job]] = {name: {} for name in sweep.stages}  # + a profile's "baselines"
+        for ref, job in graph.refs(sweep.name):
+            by_stage.setdefault(ref.stage, {})[job.id] = job
+        rows = [_plan_row(name, list(jobs.values()), states, estimates) for name, jobs in by_stage.items()]
         print(_table(columns, rows), file=out)
     all_jobs = list(graph.jobs.values())
     _print_blocked(all_jobs, out)

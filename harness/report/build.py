@@ -21,6 +21,7 @@ import pandas as pd
 from harness.io import atomic_write_text
 from harness.launch.state import State, observe
 from harness.provenance import git_sha
+from harness.report.baselines import baseline_grid, baseline_summary
 from harness.report.claims import NOT_ENOUGH, evaluate, judge
 from harness.report.collect import collect_graph
 from harness.report.rank import rank_agreement
@@ -107,7 +108,13 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
         grid = layout(sweep, summary, compare)
         table_md = markdown(grid)
         note = legend(req.profile)
-        atomic_write_text(folder / "table.md", f"{sweep.title}\n\n{table_md}\n\n{note}\n")
+        base = baseline_summary(graph, states, sweep.name)
+        base_md = ""
+        if len(base):
+            base_grid = baseline_grid(base)
+            base_md = (f"\n\nBaselines on the same data, recipes and seeds (top-1 %, mean ± std over n seeds):\n\n"
+                       f"{markdown(base_grid)}")  # fmt: skip
+        atomic_write_text(folder / "table.md", f"{sweep.title}\n\n{table_md}\n\n{note}{base_md}\n")
         atomic_write_text(folder / "table.tex", latex(grid, f"{sweep.title}. {note}") + "\n")
         atomic_write_text(folder / "cells.csv", summary.to_csv(index=False))
         atomic_write_text(folder / "results.csv", mine.to_csv(index=False))
@@ -130,10 +137,12 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         }
         tables = [(f"{sweep.title}. {note}", grid.reset_index()), ("Every cell", summary)]
+        if len(base):
+            tables.insert(1, ("Baselines on the same data, recipes and seeds", base_grid.reset_index()))
         page = write_html(folder / "index.html", title=sweep.title, tables=tables, figures=figures, claims=claims,
                           provenance=provenance, ranks=ranks)  # fmt: skip
         pages.append(page)
-        print(f"\n{sweep.title}\n\n{table_md}\n\n{note}", file=out)
+        print(f"\n{sweep.title}\n\n{table_md}\n\n{note}{base_md}", file=out)
         flagged = summary[summary["lint"] != ""] if len(summary) else summary
         if len(flagged):
             print(f"\n! {len(flagged)} cells ran with another protocol than the paper's (not compared): "

@@ -10,6 +10,7 @@ upstream's run folder as `pretrained=` and keeps the upstream's keys as part of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -106,6 +107,9 @@ class Profile:
     cluster: dict[str, Any] = field(default_factory=dict)
     stage_cluster: bool = True  # False: ignore the sweeps' per-stage cluster settings (micro jobs fit anywhere)
     seeds: dict[str, int] = field(default_factory=dict)  # a task's jobs n times: seed=i, data.subset.seed=i (key seed)
+    # Beside each downstream job, the numbers a reader knows on its data (stage "baselines"): "random" (the job with
+    # no pre-trained encoder) and "pixels" (the raw-pixel probe of its data), e.g. {finetune: [random, pixels]}.
+    baselines: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def apply(self, task: str, overrides: list[str]) -> list[str]:
         out = []
@@ -133,7 +137,7 @@ def load_profile(name: str | None) -> Profile:
         return Profile("none")
     path = CONF_DIR / "profile" / f"{name}.yaml"
     data = _read_yaml(path, "profile")
-    valid = ("overrides", "tasks", "replace", "cluster", "stage_cluster", "seeds")
+    valid = ("overrides", "tasks", "replace", "cluster", "stage_cluster", "seeds", "baselines")
     unknown = set(data) - set(valid)
     if unknown:
         raise SweepError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(valid)}")
@@ -154,6 +158,7 @@ def load_profile(name: str | None) -> Profile:
         cluster=_check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
         stage_cluster=data.get("stage_cluster", True),
         seeds=_check_seeds(data.get("seeds") or {}, path),
+        baselines=_check_baselines(data.get("baselines") or {}, path),
     )
 
 
@@ -161,6 +166,20 @@ def _check_seeds(seeds: Any, path: Path) -> dict[str, int]:
     if not isinstance(seeds, dict) or any(t not in TASKS or not isinstance(n, int) or n < 1 for t, n in seeds.items()):
         raise SweepError(f"{path}: seeds: expected a mapping task -> number of seeds (>= 1), tasks: {', '.join(TASKS)}")
     return dict(seeds)
+
+
+BASELINES = ("random", "pixels")
+BASELINE_STAGE = "baselines"  # the stage name of the baseline jobs' references
+
+
+def _check_baselines(baselines: Any, path: Path) -> dict[str, tuple[str, ...]]:
+    expected = f"a mapping finetune|linear -> a list of {' / '.join(BASELINES)}"
+    if not isinstance(baselines, dict):
+        raise SweepError(f"{path}: baselines: expected {expected}")
+    for task, names in baselines.items():
+        if task not in ("finetune", "linear") or not isinstance(names, list) or not set(names) <= set(BASELINES):
+            raise SweepError(f"{path}: baselines.{task}: expected {expected}, got {names!r}")
+    return {task: tuple(names) for task, names in baselines.items()}
 
 
 def load_cluster(name: str) -> dict[str, Any]:
@@ -225,9 +244,37 @@ class _Compiler:
                 overrides = [*sweep.overrides, *stage.overrides, *block.overrides, *axis_overrides]
                 job = self.job(sweep, stage, keys, overrides, up_job, where)
                 made.append((keys, job))
+                if up_job is not None:
+                    self.baselines(sweep, stage, local, overrides, job, where)
         return made
 
-    def job(self, sweep: Sweep, stage: Stage, keys: dict, overrides: list[str], upstream: Job | None, where: str):
+    def baselines(self, sweep: Sweep, stage: Stage, local: dict, overrides: list[str], job: Job, where: str) -> None:
+        """The profile's baselines of a downstream `job`, on its data: "random", the same job with no pre-trained
+        encoder (keyed by the job's own axes); "pixels", the raw-pixel probe of its data (task linear, only its
+        data and seed overrides: the pixels have no encoder to set up). Equal baselines of several jobs are one job."""
+        data = job.container["data"]
+        name = data.get("stands_in_for") or data["name"]
+        for baseline in self.profile.baselines.get(stage.task, ()):
+            if baseline == "random":
+                keys = {"baseline": baseline, "task": stage.task, "data": name, **local}
+                self.job(sweep, stage, keys, overrides, None, where, ref_stage=BASELINE_STAGE)
+            else:
+                own = [o for o in overrides if o.startswith(("data=", "data.", "seed="))]
+                keys = {"baseline": baseline, "task": "linear", "data": name}
+                keys |= {"seed": local["seed"]} if "seed" in local else {}
+                probe = dataclasses.replace(stage, task="linear")
+                self.job(sweep, probe, keys, [*own, "method=pixels"], None, where, ref_stage=BASELINE_STAGE)
+
+    def job(
+        self,
+        sweep: Sweep,
+        stage: Stage,
+        keys: dict,
+        overrides: list[str],
+        upstream: Job | None,
+        where: str,
+        ref_stage: str | None = None,
+    ) -> Job:
         task = stage.task
         # A downstream job's encoder has its upstream's shape (and LayerScale): before the job's own overrides.
         inherited = encoder_overrides(upstream.container) if upstream is not None else []
@@ -240,7 +287,7 @@ class _Compiler:
             cell = " ".join(f"{k}={v}" for k, v in keys.items()) or "-"
             raise SweepError(f"{sweep.path}: {where}, job {cell}: {err}") from err
         job_id = config_hash(container)
-        ref = Ref(sweep.name, stage.name, keys)
+        ref = Ref(sweep.name, ref_stage or stage.name, keys)
         wanted = stage.cluster if self.profile.stage_cluster else {}
         cluster = {**self.cluster, **self.profile.cluster, **wanted, **self.cluster_cli}
         if job_id not in self.jobs:
