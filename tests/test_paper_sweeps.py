@@ -35,7 +35,10 @@ def _shape(graph) -> Counter:
     return refs + Counter(j.task for j in graph.jobs.values())
 
 
-@pytest.mark.parametrize("path", [*PAPER, ROOT / "sweeps" / "smoke.yaml"], ids=[*(p.stem for p in PAPER), "smoke"])
+DEMO = [ROOT / "sweeps" / "smoke.yaml", ROOT / "sweeps" / "demo" / "curve.yaml"]  # the demo and its curve
+
+
+@pytest.mark.parametrize("path", [*PAPER, *DEMO], ids=[*(p.stem for p in PAPER), "smoke", "demo_curve"])
 def test_each_sweep_compiles_and_keeps_its_graph_under_the_smoke_profile(path, tmp_path):
     sweep = load_sweep(path)
     real = compile_sweeps([sweep], tmp_path)
