@@ -147,7 +147,7 @@ def test_micro_profile_seeds_downstream_jobs_and_keeps_what_each_stand_in_is_abo
     )
     graph = compile_sweeps([load_sweep(path)], tmp_path, profile="micro")
     pretrain = {j.refs[0].keys["data"]: j.config for j in graph.jobs.values() if j.task == "pretrain"}
-    finetune = [j for j in graph.jobs.values() if j.task == "finetune"]
+    finetune = [j for j in graph.jobs.values() if j.task == "finetune" and j.upstream]
     assert len(pretrain) == 3 and len(finetune) == 2 * 3  # three seeds of every fine-tuning
     assert sorted({(j.refs[0].keys["seed"], j.config.seed, j.config.data.subset.seed) for j in finetune}) == [
         ("0", 0, 0), ("1", 1, 1), ("2", 2, 2)]  # fmt: skip
