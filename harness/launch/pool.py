@@ -280,6 +280,7 @@ class Pool:
         self.out = self.out or sys.stdout
         self.target = self.target or DEFAULT_TARGET
         self.started = 0  # workers started, replacements included
+        self.wake: int | None = None  # read end of the signal wake-up pipe, while `run` runs in the main thread
 
     # -----------------------------------------------------------------------------------------------------------
     def run(self, jobs: list[Job], done: set[str]) -> dict[str, str]:
@@ -290,6 +291,7 @@ class Pool:
         total = len(jobs)
         ours = {job.id for job in jobs}
         previous = self._catch_signals()
+        wake_w, previous_wake = self._wake_on_signals()
         try:
             for _ in range(min(self.slots, len(jobs))):
                 self._start_worker()
@@ -310,7 +312,30 @@ class Pool:
         finally:
             self._close()
             self._restore_signals(previous)
+            if wake_w is not None:
+                signal.set_wakeup_fd(previous_wake)
+                os.close(wake_w)
+                os.close(self.wake)
+                self.wake = None
         return outcome
+
+    def _wake_on_signals(self) -> tuple[int | None, int]:
+        """A pipe that every handled signal writes a byte to, watched by `_wait`'s select. The kernel hands a
+        process's signal to any thread that does not block it: when that is not the main thread (a program that
+        embeds the pool and blocks signals there), the main thread's select would sleep on, its Python handler
+        pending until some worker speaks, and Ctrl-C would wait for the jobs. Not in the main thread: (None, -1),
+        signals are left alone."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            previous = signal.set_wakeup_fd(w)
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            return None, -1
+        self.wake = r
+        return w, previous
 
     @staticmethod
     def _upstream_ok(job: Job, outcome: dict, done: set[str]) -> bool:
@@ -367,8 +392,14 @@ class Pool:
         with selectors.DefaultSelector() as sel:
             for worker in self.workers:
                 sel.register(worker.lines.fd, selectors.EVENT_READ, worker)
+            if self.wake is not None:
+                sel.register(self.wake, selectors.EVENT_READ, None)
             events = sel.select()
         for key, _ in events:
+            if key.data is None:  # a signal arrived (its handler has run by now): drain the pipe, carry on
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake, 1024)
+                continue
             worker: _Worker = key.data
             for message in worker.lines.read():
                 self._handle(worker, message, outcome, total)
