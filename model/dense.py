@@ -1,0 +1,133 @@
+"""COCO detection and instance segmentation on the ViT encoders: Mask R-CNN with a multi-scale ViT backbone.
+
+The paper fine-tunes its encoders on COCO with Mask R-CNN (FACTS §3.3), following XCiT's detection code: four
+intermediate blocks of the ViT (3, 5, 7, 11 for a 12-block ViT) are turned into a feature pyramid by a small
+adapter (deconvolutions up, max-pool down) and a standard FPN. Here the detector is torchvision's `MaskRCNN`:
+
+    import model
+    from model.dense import mask_rcnn, sync_batchnorm
+
+    encoder = model.vit("base", pos_embed="sincos", dynamic_img_size=True)  # any input size, multiple of 16
+    detector = mask_rcnn(encoder, num_classes=91, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    detector = sync_batchnorm(detector)  # before DistributedDataParallel
+    losses = detector(images, targets)  # train mode: dict of the five Mask R-CNN losses
+    detections = detector(images)  # eval mode: per image {"boxes", "labels", "scores", "masks"}
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from model.vit import ViT
+
+__all__ = ["ViTPyramid", "mask_rcnn", "sync_batchnorm"]
+
+
+class ViTPyramid(nn.Module):
+    """Four ViT blocks as a feature pyramid, then an FPN: images [B, C, H, W] -> OrderedDict of NCHW maps.
+
+    The blocks' patch tokens (prefix tokens dropped, no final norm: XCiT takes the raw residual stream) are laid
+    out on the patch grid (stride p, the patch size) and resized by XCiT's adapter to strides p/4, p/2, p and 2p:
+    for ViT-*/16 the usual 4, 8, 16, 32. The adapter is the same for any patch size, so the levels stay where they
+    are relative to the patch (patch 4: strides 1, 2, 4, 8):
+
+        stride p/4: ConvTranspose2d(2, 2) -> BatchNorm2d -> GELU -> ConvTranspose2d(2, 2)
+        stride p/2: ConvTranspose2d(2, 2)
+        stride p:   identity
+        stride 2p:  MaxPool2d(2)
+
+    The FPN (torchvision's, with a max-pooled extra level) returns keys '0', '1', '2', '3' (strides p/4 .. 2p) and
+    'pool' (stride 4p), each with `out_channels` channels: what `MaskRCNN` expects.
+
+    Args:
+        encoder: the ViT; it must accept any input size (`dynamic_img_size=True`), since Mask R-CNN resizes and pads
+            every batch differently. H and W must be multiples of 2p so that the stride-2p level is exact.
+        indices: the four blocks (0-indexed, increasing; negative counts from the end), shallow to deep. The
+            paper's (3, 5, 7, 11) need a 12-block ViT; a 4-block micro ViT takes (0, 1, 2, 3).
+        out_channels: FPN width.
+    """
+
+    def __init__(self, encoder: ViT, indices: Sequence[int] = (3, 5, 7, 11), out_channels: int = 256) -> None:
+        super().__init__()
+        if not encoder.dynamic_img_size:
+            # Without it timm's patch embedding asserts the input is img_size x img_size and returns flat tokens;
+            # we do not flip it behind the caller's back: build the encoder with it.
+            raise ValueError("the ViT must be built with dynamic_img_size=True: Mask R-CNN feeds it any image size")
+        depth = len(encoder.blocks)
+        if len(indices) != 4 or any(not -depth <= i < depth for i in indices):
+            raise ValueError(f"indices must be 4 blocks of the {depth}-block ViT, got {list(indices)}")
+        self.indices = [i % depth for i in indices]
+        if any(a >= b for a, b in zip(self.indices, self.indices[1:])):
+            raise ValueError(f"indices must be increasing (shallow to deep), got {list(indices)}")
+        self.encoder = encoder
+        dim = encoder.embed_dim
+        self.adapter = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                    nn.BatchNorm2d(dim),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                ),
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.MaxPool2d(kernel_size=2, stride=2),
+            ]
+        )
+        self.fpn = FeaturePyramidNetwork([dim] * 4, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def blocks(self, x: Tensor) -> list[Tensor]:
+        """The chosen blocks' patch tokens as maps on the patch grid: 4 x [B, D, H/p, W/p]."""
+        # stop_early: blocks after the deepest one asked for are not run (timm runs them all otherwise).
+        return self.encoder.forward_intermediates(
+            x, indices=self.indices, intermediates_only=True, output_fmt="NCHW", stop_early=True
+        )
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        maps = [f(y) for f, y in zip(self.adapter, self.blocks(x))]
+        return self.fpn(OrderedDict((str(i), y) for i, y in enumerate(maps)))
+
+
+def mask_rcnn(
+    encoder: ViT,
+    num_classes: int,
+    indices: Sequence[int] = (3, 5, 7, 11),
+    out_channels: int = 256,
+    min_size: int | tuple[int, ...] = tuple(range(480, 801, 32)),
+    max_size: int = 1333,
+    **kwargs,
+) -> MaskRCNN:
+    """torchvision's Mask R-CNN on a `ViTPyramid` of `encoder`.
+
+    torchvision's defaults fit the five pyramid levels as they are: the anchor generator has one anchor size per
+    level (32, 64, 128, 256, 512 on '0' .. 'pool', 3 aspect ratios each) and the box and mask RoIAlign pool from
+    '0' .. '3'. Training picks the shorter side at random from `min_size` (multi-scale, as XCiT's 480..800 step 32);
+    evaluation uses its last value.
+
+    Args:
+        encoder: the ViT (built with `dynamic_img_size=True`).
+        num_classes: classes including the background, as torchvision counts them (COCO: 91 = 90 ids + 1).
+        indices, out_channels: see `ViTPyramid`.
+        min_size, max_size: the resize of `GeneralizedRCNNTransform`.
+        **kwargs: to `MaskRCNN`; pass `image_mean` and `image_std`, the encoder's data normalisation (torchvision
+            otherwise uses ImageNet's, three channels). `size_divisible` (the batch padding) defaults to
+            lcm(32, 2 * patch): 32 for patch 4, 8 or 16, so that the padded sides are multiples of the patch and
+            of the stride-2p level.
+    """
+    kwargs.setdefault("size_divisible", math.lcm(32, 2 * encoder.patch_size))
+    backbone = ViTPyramid(encoder, indices=indices, out_channels=out_channels)
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """The model with every BatchNorm (the adapter's) made a SyncBatchNorm, for DDP training with small per-GPU
+    batches (XCiT's detection adapter uses SyncBatchNorm); call it before wrapping in DistributedDataParallel."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
