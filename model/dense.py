@@ -51,10 +51,10 @@ class ViTPyramid(nn.Module):
             every batch differently. H and W must be multiples of 2p so that the stride-2p level is exact.
         indices: the four blocks (0-indexed, increasing; negative counts from the end), shallow to deep. The
             paper's (3, 5, 7, 11) need a 12-block ViT; a 4-block micro ViT takes (0, 1, 2, 3).
-        out_channels: FPN width.
+        out_channels: FPN width; None: no FPN, `forward` returns the adapter's four maps (UperNet has its own).
     """
 
-    def __init__(self, encoder: ViT, indices: Sequence[int] = (3, 5, 7, 11), out_channels: int = 256) -> None:
+    def __init__(self, encoder: ViT, indices: Sequence[int] = (3, 5, 7, 11), out_channels: int | None = 256) -> None:
         super().__init__()
         if not encoder.dynamic_img_size:
             # Without it timm's patch embedding asserts the input is img_size x img_size and returns flat tokens;
@@ -81,7 +81,9 @@ class ViTPyramid(nn.Module):
                 nn.MaxPool2d(kernel_size=2, stride=2),
             ]
         )
-        self.fpn = FeaturePyramidNetwork([dim] * 4, out_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = None
+        if out_channels is not None:
+            self.fpn = FeaturePyramidNetwork([dim] * 4, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
     def blocks(self, x: Tensor) -> list[Tensor]:
@@ -91,9 +93,13 @@ class ViTPyramid(nn.Module):
             x, indices=self.indices, intermediates_only=True, output_fmt="NCHW", stop_early=True
         )
 
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        maps = [f(y) for f, y in zip(self.adapter, self.blocks(x))]
-        return self.fpn(OrderedDict((str(i), y) for i, y in enumerate(maps)))
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The adapter's four maps, at strides p/4, p/2, p, 2p: 4 x [B, D, ., .]."""
+        return [f(y) for f, y in zip(self.adapter, self.blocks(x))]
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor] | list[Tensor]:
+        maps = self.features(x)
+        return maps if self.fpn is None else self.fpn(OrderedDict((str(i), y) for i, y in enumerate(maps)))
 
 
 def mask_rcnn(
