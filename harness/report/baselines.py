@@ -16,6 +16,7 @@ import math
 import pandas as pd
 
 from harness.launch.state import JobState, State
+from harness.report.table import spread
 from harness.sweep import Graph
 from harness.sweep.graph import BASELINE_STAGE
 
@@ -55,19 +56,13 @@ def baseline_summary(graph: Graph, states: dict[str, JobState], sweep: str) -> p
     return pd.DataFrame(out, columns=["row", "column", "n", "mean", "std"])
 
 
-def _display(mean: float, std: float, n: int) -> str:
-    if n == 0:
-        return "not done"
-    return f"{mean:.1f} n=1" if n == 1 else f"{mean:.1f} ± {std:.1f} n={n}"
-
-
 def baseline_grid(summary: pd.DataFrame) -> pd.DataFrame:
     """Display strings: a row per baseline (in `ROWS` order), a column per data set (and axis values)."""
     order = [name for name in ROWS.values() if name in set(summary["row"])]
     columns = list(dict.fromkeys(summary["column"]))
     table = {name: dict.fromkeys(columns, "") for name in order}
     for r in summary.itertuples():
-        table[r.row][r.column] = _display(r.mean, r.std, r.n)
+        table[r.row][r.column] = spread(r.mean, r.std, r.n) if r.n else "not done"
     frame = pd.DataFrame.from_dict(table, orient="index").reindex(columns=columns)
     frame.index.name = "baseline"
     return frame

@@ -22,7 +22,7 @@ import pandas as pd
 
 from harness.sweep import Cell, Sweep
 
-__all__ = ["DEFAULT_TOLERANCE", "MARKS", "latex", "layout", "legend", "lint", "markdown", "summarize"]
+__all__ = ["DEFAULT_TOLERANCE", "MARKS", "latex", "layout", "legend", "lint", "markdown", "spread", "summarize"]
 
 DEFAULT_TOLERANCE = 1.0  # points of top-1, when a cell gives none
 MARKS = {"within": "=", "above": "+", "below": "-", "protocol differs": "!"}
@@ -93,6 +93,11 @@ def legend(profile: str | None = None) -> str:
             "(paper x): the paper's value, for reference only; compare the claims and the rank agreement")  # fmt: skip
 
 
+def spread(mean: float, std: float, n: int) -> str:
+    """A value over n >= 1 seeds as every table prints it: `70.0 ± 1.4 n=2`, or `76.0 n=1`."""
+    return f"{mean:.1f} n=1" if n == 1 else f"{mean:.1f} ± {std:.1f} n={n}"
+
+
 def _display(row: pd.Series, compare: bool = True) -> str:
     paper = row["paper"]
     if row["state"] == "quoted":  # an external cell: the paper quotes another paper's number
@@ -100,10 +105,8 @@ def _display(row: pd.Series, compare: bool = True) -> str:
     if row["n"] == 0:
         pending = [s.split(" ", 1)[1] for s in row["state"].split(", ") if s and not s.endswith(" done")]
         ours = " / ".join(pending) or "no job"
-    elif row["n"] == 1:
-        ours = f"{row['mean']:.1f} n=1"
     else:
-        ours = f"{row['mean']:.1f} ± {row['std']:.1f} n={row['n']}"
+        ours = spread(row["mean"], row["std"], row["n"])
     if paper != paper:  # no paper value
         return ours
     if not compare:

@@ -60,12 +60,15 @@ def frozen_knn(features: Callable[[Tensor], Tensor], cfg: DictConfig, ctx: distr
     if ctx.is_main:
         train_x, train_y, test_x, test_y = extract_both(features, cfg, ctx, amp, "k-NN")
         device = ctx.device
-        knn = knn_classify(
-            train_x.to(device), train_y, test_x.to(device), test_y, cfg.data.num_classes, cfg.knn.k, cfg.knn.temperature
-        )
-        result = {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_k": cfg.knn.k, "knn_bank": len(train_y)}
+        result = _knn(train_x.to(device), train_y, test_x.to(device), test_y, cfg)
     distributed.barrier()
     return result
+
+
+def _knn(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, cfg: DictConfig) -> dict:
+    """The k-NN's entries of a result.json, from features already on the device."""
+    knn = knn_classify(train_x, train_y, test_x, test_y, cfg.data.num_classes, cfg.knn.k, cfg.knn.temperature)
+    return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_k": cfg.knn.k, "knn_bank": len(train_y)}
 
 
 class FrozenProbe:
@@ -94,7 +97,7 @@ class FrozenProbe:
             lin = cfg.linear
             probe = linear_probe(train_x, train_y, test_x, test_y, cfg.data.num_classes, grid=list(lin.l2_grid),
                                  folds=lin.folds, seed=cfg.seed, max_iter=lin.max_iter, tol=lin.tol)  # fmt: skip
-            knn = knn_classify(train_x, train_y, test_x, test_y, cfg.data.num_classes, cfg.knn.k, cfg.knn.temperature)
+            knn = _knn(train_x, train_y, test_x, test_y, cfg)
             wall = time.perf_counter() - started
             result = {
                 "task": cfg.task,
@@ -121,14 +124,12 @@ class FrozenProbe:
                 "grad_norm": probe["grad_norm"],
                 "l2": probe["l2"],
                 "cv_top1": {f"{k:g}": v for k, v in probe["cv_top1"].items()},
-                "knn_top1": knn["top1"],
-                "knn_top5": knn["top5"],
-                "knn_k": cfg.knn.k,
+                **knn,
             }
             MetricsLog(self.run_dir / "metrics.jsonl").write({"it": probe["iterations"], "eval": True, **result})
             Progress(0, 0, cfg.log.progress).message(
                 f"linear probe (L-BFGS, l2 {probe['l2']:g}, {'converged' if probe['converged'] else 'NOT converged'}"
-                f" after {probe['iterations']} iterations): top-1 {probe['top1']:.2f}; k-NN top-1 {knn['top1']:.2f}"
+                f" after {probe['iterations']} iterations): top-1 {probe['top1']:.2f}; k-NN top-1 {knn['knn_top1']:.2f}"
             )
             atomic_write_json(self.run_dir / RESULT_FILE, result)
         distributed.barrier()
