@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.catalog import DATASETS, iteration_parity_epochs
@@ -28,11 +28,6 @@ from harness.io import atomic_write_text
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 TASKS = ("pretrain", "finetune", "linear", "detect", "segment")
-# Tasks whose config composes (a sweep can plan them) but whose training is not built yet: the dense-tasks issue.
-NOT_YET_TRAINABLE = {
-    "detect": "COCO detection (Mask R-CNN, FACTS §3.3) is not built yet: it arrives with the dense-tasks issue",
-    "segment": "ADE20k segmentation (UperNet, FACTS §3.4) is not built yet: it arrives with the dense-tasks issue",
-}
 # Keys that change how a job runs but not what it computes: left out of its identity. `data.root` is where the
 # dataset lives on this cluster (a fixed path keeps the job it was meant to be, so a failed job can be retried).
 NON_IDENTITY_KEYS = ("run_dir", "data.root", "loader", "log", "run.compile")
@@ -40,7 +35,6 @@ TASK_RUN_DIR = re.compile(r"(?:^|/)((?:pretrain|finetune|linear|detect|segment)/
 
 __all__ = [
     "CONF_DIR",
-    "NOT_YET_TRAINABLE",
     "TASKS",
     "Composer",
     "ConfigError",
@@ -93,7 +87,18 @@ def _catalog(fact: str, *, _root_: DictConfig):
     return OmegaConf.create(list(value)) if isinstance(value, tuple) else value
 
 
+def _pyramid_blocks(depth: int) -> ListConfig:
+    """`${pyramid_blocks:${model.args.depth}}`: the four blocks (0-indexed) a dense head reads, XCiT's and BEiT's
+    spacing: depth/3, depth/2, 2 depth/3 (rounded) and the last, minus one. 12 blocks: [3, 5, 7, 11]; 24: [7, 11, 15,
+    23] (XCiT's large models); the micro ViT's 4: [0, 1, 2, 3]."""
+    depth = int(depth)
+    if depth < 4:
+        raise ConfigError(f"a dense head reads 4 blocks of the ViT; model.args.depth={depth} has fewer")
+    return OmegaConf.create([round(depth * k / 6) - 1 for k in (2, 3, 4)] + [depth - 1])
+
+
 OmegaConf.register_new_resolver("parity", _parity, replace=True)
+OmegaConf.register_new_resolver("pyramid_blocks", _pyramid_blocks, replace=True)
 OmegaConf.register_new_resolver("catalog", _catalog, replace=True)
 
 

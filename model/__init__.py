@@ -16,7 +16,7 @@ from model.beit import BEiT
 from model.dino import DINO
 from model.heads import Classifier, LinearProbe, param_groups
 from model.method import Method, Schedule
-from model.registry import METHODS, MODELS, SIZES, build, create, defaults, list_models, vit
+from model.registry import METHODS, MODELS, SIZES, build, create, defaults, list_models, method_class, vit
 from model.splitmask import SplitMask
 from model.tokenizers import TOKENIZERS, Tokenizer, create_tokenizer
 from model.vit import ViT
@@ -40,6 +40,7 @@ __all__ = [
     "create_tokenizer",
     "defaults",
     "list_models",
+    "method_class",
     "param_groups",
     "vit",
 ]

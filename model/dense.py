@@ -12,22 +12,30 @@ adapter (deconvolutions up, max-pool down) and a standard FPN. Here the detector
     detector = sync_batchnorm(detector)  # before DistributedDataParallel
     losses = detector(images, targets)  # train mode: dict of the five Mask R-CNN losses
     detections = detector(images)  # eval mode: per image {"boxes", "labels", "scores", "masks"}
+
+`Detector` is the same Mask R-CNN as a method of the training loop (`harness train detect`): `forward(images,
+targets)` returns the summed losses and each of them to log, `predict(images)` the detections.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from model.method import Method
 from model.vit import ViT
 
-__all__ = ["ViTPyramid", "mask_rcnn", "sync_batchnorm"]
+__all__ = ["Detector", "ViTPyramid", "freeze_unread", "mask_rcnn", "sync_batchnorm"]
 
 
 class ViTPyramid(nn.Module):
@@ -104,7 +112,7 @@ class ViTPyramid(nn.Module):
 
 def mask_rcnn(
     encoder: ViT,
-    num_classes: int,
+    num_classes: int | None,
     indices: Sequence[int] = (3, 5, 7, 11),
     out_channels: int = 256,
     min_size: int | tuple[int, ...] = tuple(range(480, 801, 32)),
@@ -120,7 +128,8 @@ def mask_rcnn(
 
     Args:
         encoder: the ViT (built with `dynamic_img_size=True`).
-        num_classes: classes including the background, as torchvision counts them (COCO: 91 = 90 ids + 1).
+        num_classes: classes including the background, as torchvision counts them (COCO: 91 = 90 ids + 1); None
+            when `box_predictor` and `mask_predictor` are given in `kwargs`.
         indices, out_channels: see `ViTPyramid`.
         min_size, max_size: the resize of `GeneralizedRCNNTransform`.
         **kwargs: to `MaskRCNN`; pass `image_mean` and `image_std`, the encoder's data normalisation (torchvision
@@ -131,6 +140,125 @@ def mask_rcnn(
     kwargs.setdefault("size_divisible", math.lcm(32, 2 * encoder.patch_size))
     backbone = ViTPyramid(encoder, indices=indices, out_channels=out_channels)
     return MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+
+
+def freeze_unread(encoder: ViT, indices: Sequence[int]) -> None:
+    """Freeze what a dense head never reads: the blocks after the deepest of `indices` (not even run) and the final
+    norm (the maps are the raw residual stream). They would get no gradient, which DDP reports as an error unless
+    told to search for unused parameters at every step; frozen, they are left out of DDP and of the optimiser."""
+    deepest = max(i % len(encoder.blocks) for i in indices)
+    for name, p in encoder.named_parameters():
+        block = re.match(r"blocks\.(\d+)\.", name)
+        if name.startswith(("norm.", "fc_norm.", "head.")) or (block and int(block.group(1)) > deepest):
+            p.requires_grad_(False)
+
+
+class Detector(Method):
+    """Mask R-CNN on a ViT as a method of the training loop: `forward(images, targets)` -> (loss, logs).
+
+    `images` is a list of float [C, H, W] in [0, 1] (any sizes: Mask R-CNN resizes to `min_size` / `max_size`,
+    normalises with `image_mean` / `image_std` and pads), `targets` a list of {"boxes" XYXY [N, 4], "labels" [N] in
+    1..num_classes, "masks" [N, H, W]}. The loss is the sum of Mask R-CNN's five (RPN objectness and box, RoI
+    classification, box and mask), each logged. `predict(images)` gives the eval-mode detections in the input
+    images' pixels.
+
+    Args:
+        encoder: the ViT (`dynamic_img_size=True`), fresh or pre-trained.
+        num_classes: object categories; the box classifier has `num_classes + 1` outputs (0: background).
+        indices, fpn_channels: see `ViTPyramid`.
+        min_size, max_size: Mask R-CNN's resize (multi-scale training; the test uses `min_size[-1]`).
+        box_head_dim: width of the two-layer box head (torchvision's 1024).
+        mask_head_dim: width of the four mask-head convolutions (256).
+        rpn_post_nms_train, rpn_post_nms_test: proposals kept per image after the RPN's NMS.
+        box_batch_size_per_image: RoIs sampled per image for the box and mask heads' losses (mmdet's and
+            torchvision's 512, a quarter positive): what a training step costs per image, whatever its size.
+        detections_per_img: detections kept per image at test time.
+        image_mean, image_std: the data's normalisation (one value per channel).
+    """
+
+    views = "detection"
+    labelled = True
+    takes_encoder = True
+
+    def __init__(
+        self,
+        encoder: ViT,
+        num_classes: int = 80,
+        indices: Sequence[int] = (3, 5, 7, 11),
+        fpn_channels: int = 256,
+        min_size: Sequence[int] = tuple(range(480, 801, 32)),
+        max_size: int = 1333,
+        box_head_dim: int = 1024,
+        mask_head_dim: int = 256,
+        rpn_post_nms_train: int = 2000,
+        rpn_post_nms_test: int = 1000,
+        box_batch_size_per_image: int = 512,
+        detections_per_img: int = 100,
+        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        super().__init__()
+        if len(image_mean) != encoder.patch_embed.proj.in_channels or len(image_std) != len(image_mean):
+            raise ValueError(
+                f"image_mean / image_std need one value per input channel ({encoder.patch_embed.proj.in_channels}), "
+                f"got {list(image_mean)} / {list(image_std)}"
+            )
+        freeze_unread(encoder, indices)
+        resolution = 7  # torchvision's box RoIAlign output
+        # The heads are torchvision's defaults at these widths; its constructor would hard-code 1024 and 256 for the
+        # predictors, so they are built here too (num_classes then goes to them, not to MaskRCNN).
+        self.detector = mask_rcnn(
+            encoder,
+            num_classes=None,
+            indices=indices,
+            out_channels=fpn_channels,
+            min_size=tuple(min_size),
+            max_size=max_size,
+            image_mean=list(image_mean),
+            image_std=list(image_std),
+            box_head=TwoMLPHead(fpn_channels * resolution**2, box_head_dim),
+            box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
+            mask_head=MaskRCNNHeads(fpn_channels, [mask_head_dim] * 4, 1),
+            mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes + 1),
+            rpn_post_nms_top_n_train=rpn_post_nms_train,
+            rpn_post_nms_top_n_test=rpn_post_nms_test,
+            box_batch_size_per_image=box_batch_size_per_image,
+            box_detections_per_img=detections_per_img,
+        )
+        self.num_classes = num_classes
+
+    @property
+    def encoder(self) -> ViT:  # a property, not a second registration: the state dict names it once
+        return self.detector.backbone.encoder
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+        losses = self.detector(images, targets)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        return loss, {"loss": loss.detach()} | {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Eval-mode detections: per image {"boxes" XYXY, "labels" 1..num_classes, "scores", "masks" [N, 1, H, W]}."""
+        return self.detector(images)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # optimiser helpers (model.heads.param_groups)
+    def no_weight_decay(self) -> set[str]:
+        return {f"detector.backbone.encoder.{n}" for n in self.encoder.no_weight_decay()}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """BEiT's layer ids, as `UperNet.group_matcher`: embeddings 0, block i -> i + 1, the rest (adapter, FPN,
+        heads) last."""
+        return encoder_group_matcher("detector.backbone.encoder.", coarse)
+
+
+def encoder_group_matcher(prefix: str, coarse: bool) -> dict:
+    """timm's `group_matcher` of a ViT found under `prefix` of a larger model."""
+    prefix = re.escape(prefix)
+    return dict(
+        stem=rf"^{prefix}(?:cls_token|pos_embed|patch_embed|reg_token|mask_token)",
+        blocks=rf"^{prefix}blocks\.(\d+)" if coarse else [(rf"^{prefix}blocks\.(\d+)", None)],
+    )
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:

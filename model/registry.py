@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib
 import inspect
 from pathlib import Path
 
@@ -22,12 +23,25 @@ import yaml
 from torch import nn
 
 from model.beit import BEiT
+from model.dense import Detector
 from model.dino import DINO
 from model.heads import Classifier, LinearProbe, PixelProbe
 from model.splitmask import SplitMask
 from model.vit import ViT
 
-__all__ = ["CONF_DIR", "METHODS", "MODELS", "SIZES", "build", "create", "defaults", "list_models", "vit"]
+__all__ = [
+    "CONF_DIR",
+    "DENSE_TASKS",
+    "METHODS",
+    "MODELS",
+    "SIZES",
+    "build",
+    "create",
+    "defaults",
+    "list_models",
+    "method_class",
+    "vit",
+]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "harness" / "conf"
 
@@ -41,7 +55,22 @@ METHODS: dict[str, tuple[type[nn.Module], str]] = {
     "splitmask": (SplitMask, "pretrain"),
     "dino": (DINO, "pretrain"),
     "pixels": (PixelProbe, "linear"),  # the raw-pixel baseline: no ViT, so no registered name
+    # The dense tasks' models (COCO, ADE20k): built by their jobs, not registered names (a name is a ViT recipe).
+    "mask_rcnn": (Detector, "detect"),
+    "upernet": ("model.segment:UperNet", "segment"),  # imported when built: it imports transformers (~1 s)
 }
+DENSE_TASKS = ("detect", "segment")
+
+
+def method_class(method: str) -> type[nn.Module]:
+    """The class of a registry method (importing its module if it is registered by path)."""
+    cls = METHODS[method][0]
+    if isinstance(cls, str):
+        module, name = cls.split(":")
+        cls = getattr(importlib.import_module(module), name)
+    return cls
+
+
 # The dataset a size is composed with when no job says otherwise: what its img_size and in_chans come from.
 HOME_DATA = {"micro": "fashion_mnist"}
 
@@ -58,8 +87,8 @@ def _read_sizes() -> dict[str, dict]:
 SIZES: dict[str, dict] = _read_sizes()
 MODELS: dict[str, tuple[str, str]] = {
     f"{m}_vit_{s}_p{preset['patch_size']}": (m, s)
-    for m, (cls, _) in METHODS.items()
-    if cls.uses_encoder
+    for m, (cls, task) in METHODS.items()
+    if task not in DENSE_TASKS and cls.uses_encoder
     for s, preset in SIZES.items()
 }
 
@@ -116,7 +145,7 @@ def build(method: str, encoder_args: dict, method_args: dict, encoder_state: dic
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    cls = METHODS[method][0]
+    cls = method_class(method)
     _check("ViT", _parameters(ViT), encoder_args)
     kwargs = _copy(method_args)
     if isinstance(kwargs.get("tokenizer"), dict):

@@ -44,22 +44,26 @@ transformers is imported only here (about 1 s after torch), so `import model` do
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.upernet.configuration_upernet import UperNetConfig
 from transformers.models.upernet.modeling_upernet import UperNetConvModule, UperNetFCNHead, UperNetHead
 
-from model.dense import ViTPyramid
+from model.dense import ViTPyramid, encoder_group_matcher, freeze_unread
+from model.method import Method
 from model.vit import ViT
 
 __all__ = ["UperNet", "upernet"]
 
 
-class UperNet(nn.Module):
+class UperNet(Method):
     """A ViT encoder, the adapter's four maps, UperNet's decode head and an auxiliary FCN head.
+
+    As a method of the training loop (`harness train segment`), `forward(images, labels)` returns the loss and its
+    two terms to log; `predict(images)` the decode head's logits.
 
     `backbone` is a `ViTPyramid` without its FPN (UperNet has its own): `backbone.features(x)` gives the four
     block maps resized by the adapter to strides p/4, p/2, p, 2p.
@@ -75,6 +79,10 @@ class UperNet(nn.Module):
         dropout: Dropout2d rate before each classifier (mmseg's 0.1).
     """
 
+    views = "segmentation"
+    labelled = True
+    takes_encoder = True
+
     def __init__(
         self,
         encoder: ViT,
@@ -87,6 +95,7 @@ class UperNet(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        freeze_unread(encoder, indices)
         self.backbone = ViTPyramid(encoder, indices=indices, out_channels=None)  # no FPN: UperNet has its own
         in_channels = [encoder.embed_dim] * 4
         config = UperNetConfig(
@@ -129,20 +138,39 @@ class UperNet(nn.Module):
         aux = F.interpolate(self.aux_head(maps), size=size, mode="bilinear", align_corners=False)
         return {"logits": logits, "aux_logits": aux}
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        """Train mode: `forward_train(x)`. Eval mode: the decode head's logits [B, K, H, W] (no auxiliary head)."""
+    @property
+    def encoder(self) -> ViT:  # a property, not a second registration: the state dict names it once
+        return self.backbone.encoder
+
+    def forward(self, x: Tensor, target: Tensor | None = None):
+        """With `target` [B, H, W]: (loss, logs) for the training loop, `loss`'s sum and its two terms. Otherwise, in
+        train mode `forward_train(x)`, in eval mode the decode head's logits [B, K, H, W] (no auxiliary head)."""
+        if target is not None:
+            main, aux = self._loss_terms(x, target, ignore_index=255)
+            loss = main + self.aux_weight * aux
+            return loss, {"loss": loss.detach(), "loss_main": main.detach(), "loss_aux": aux.detach()}
         if self.training:
             return self.forward_train(x)
+        logits = self.decode_head(self.features(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """The decode head's logits at the input resolution, whatever the mode: [B, K, H, W]."""
         logits = self.decode_head(self.features(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def loss(self, x: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
         """CE(logits) + aux_weight * CE(aux_logits) against `target` [B, H, W] (long), each a mean over the pixels
         that are not `ignore_index`. Runs both heads whatever the mode."""
+        main, aux = self._loss_terms(x, target, ignore_index)
+        return main + self.aux_weight * aux
+
+    def _loss_terms(self, x: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
         out = self.forward_train(x)
         main = F.cross_entropy(out["logits"], target, ignore_index=ignore_index)
         aux = F.cross_entropy(out["aux_logits"], target, ignore_index=ignore_index)
-        return main + self.aux_weight * aux
+        return main, aux
 
     # ---------------------------------------------------------------------------------------------------------
     # optimiser helpers (model.heads.param_groups)
@@ -151,11 +179,7 @@ class UperNet(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """BEiT's layer ids: embeddings 0, block i -> i + 1; unmatched names (adapter, heads, final norm) go last."""
-        prefix = re.escape("backbone.encoder.")
-        return dict(
-            stem=rf"^{prefix}(?:cls_token|pos_embed|patch_embed|reg_token|mask_token)",
-            blocks=rf"^{prefix}blocks\.(\d+)" if coarse else [(rf"^{prefix}blocks\.(\d+)", None)],
-        )
+        return encoder_group_matcher("backbone.encoder.", coarse)
 
 
 def upernet(encoder: ViT, **kwargs) -> UperNet:

@@ -310,10 +310,13 @@ class ViT(VisionTransformer):
         return sd
 
     def load_timm_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        """Load encoder weights exported by `timm_state_dict` or taken from a timm ViT (e.g. DeiT)."""
+        """Load encoder weights exported by `timm_state_dict` or taken from a timm ViT (e.g. DeiT). A ViT with the
+        fixed sin-cos table keeps it: a learned position embedding is replaced by it (the paper's detection setup)."""
         sd = dict(state_dict)
         sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm."))}
-        if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
+        if self.pos_embed_type == "sincos":  # a fixed table is this model's own: a learned one is replaced by it
+            sd["pos_embed"] = self.pos_embed.detach().clone()
+        elif "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
             sd["pos_embed"] = resample_abs_pos_embed(
                 sd["pos_embed"], new_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens
             )

@@ -27,6 +27,19 @@ def _results_outside_the_checkout(tmp_path_factory, monkeypatch):
     monkeypatch.setenv(RESULTS_ENV, str(tmp_path_factory.mktemp("results")))
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_outside_home(_session_cache, monkeypatch):
+    """Built data (the dense stand-ins' scenes) goes to one temporary cache for the session, never to ~/.cache."""
+    from harness.train.dense import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(_session_cache))
+
+
 @dataclass(frozen=True)
 class SlurmCluster:
     partition: str  # the default partition (jobs go there when they name none)

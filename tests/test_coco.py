@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from harness.catalog import DatasetError
-from harness.data.coco import METRICS, _results, coco_detection, coco_evaluate, write_tiny_coco
+from harness.data.coco import METRICS, coco_detection, coco_evaluate, coco_results, write_tiny_coco
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,14 @@ def _perfect(ds) -> dict[int, dict[str, torch.Tensor]]:
             "masks": t["masks"].as_subclass(torch.Tensor).float()[:, None],
         }
     return out
+
+
+def _results(predictions, label_to_category) -> tuple[list[dict], list[dict]]:
+    boxes, masks = [], []
+    for image_id, output in predictions.items():
+        b, m = coco_results(image_id, output, label_to_category)
+        boxes, masks = boxes + b, masks + m
+    return boxes, masks
 
 
 def _pycocotools(annotation_file, predictions, label_to_category) -> dict[str, float]:

@@ -100,3 +100,28 @@ def test_sync_batchnorm_converts_the_adapter():
     converted = sync_batchnorm(detector)
     assert isinstance(converted.backbone.adapter[0][1], nn.SyncBatchNorm)
     assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+
+
+def test_the_detector_freezes_what_it_never_reads():
+    """The blocks after the deepest one read and the final norm get no gradient: frozen, so DDP needs no search for
+    unused parameters; everything else trains, and a backward reaches it."""
+    from model.dense import Detector
+
+    torch.manual_seed(0)
+    encoder = model.vit("micro", img_size=32, in_chans=3, pos_embed="sincos", dynamic_img_size=True, depth=6)
+    det = Detector(encoder, num_classes=2, indices=(0, 1, 2, 3), fpn_channels=16, min_size=(32,), max_size=48,
+                   box_head_dim=16, mask_head_dim=8, rpn_post_nms_train=20, rpn_post_nms_test=20,
+                   image_mean=(0.5,) * 3, image_std=(0.5,) * 3).train()  # fmt: skip
+    frozen = {n.removeprefix("detector.backbone.encoder.") for n, p in det.named_parameters() if not p.requires_grad}
+    unread = {n for n, _ in encoder.named_parameters() if n.startswith("blocks.") and int(n.split(".")[1]) >= 4}
+    assert frozen == {"norm.weight", "norm.bias", "pos_embed"} | unread and unread  # pos_embed: the fixed sin-cos
+    masks = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    masks[0, 8:20, 6:24] = 1
+    target = {"boxes": torch.tensor([[6.0, 8.0, 24.0, 20.0]]), "labels": torch.tensor([1]), "masks": masks}
+    loss, logs = det([torch.rand(3, 32, 32)], [target])
+    loss.backward()
+    assert set(logs) == {"loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(p.grad is not None for p in det.parameters() if p.requires_grad)
+    assert det.encoder is det.detector.backbone.encoder and not any(k.startswith("encoder.") for k in det.state_dict())
+    with pytest.raises(ValueError, match="one value per input channel"):
+        Detector(model.vit("micro", in_chans=1, pos_embed="sincos", dynamic_img_size=True), image_mean=(0.5, 0.5))

@@ -150,11 +150,11 @@ def test_plan_counts_blocked_jobs_apart_and_says_why(tmp_path, capsys):
         """
         stages:
           pretrain: {overrides: [data=coco]}
-          detect: {grid: {from: pretrain, target: {coco: [data=coco]}}}
+          detect: {grid: {from: pretrain, target: {coco: [data=coco]}}, runnable: "needs the COCO annotations"}
         """,
     )
     assert main(["plan", sweep, "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:7] for line in out.splitlines() if line.startswith(("pretrain", "detect"))}
     assert rows == {"pretrain": ["1", "0", "0", "0", "0", "1"], "detect": ["1", "0", "0", "0", "0", "0"]}
-    assert out.count("not runnable yet (1 jobs): COCO detection (Mask R-CNN") == 1
+    assert out.count("not runnable yet (1 jobs): needs the COCO annotations") == 1

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.train.schedules import array, cosine
+from harness.train.schedules import array, cosine, lr_schedule, poly, steps
 from model.method import Schedule
 
 
@@ -67,3 +67,33 @@ class TestPerEpoch:
         full = array(spec, epochs=2.5, iters_per_epoch=4)
         assert len(full) == 10
         np.testing.assert_array_equal(array(spec, 2.5, 4, length=6), full[:6])
+
+
+class TestDenseSchedules:
+    """mmcv's step and poly policies with its linear warm-up (the Mask R-CNN 3x and BEiT UperNet recipes)."""
+
+    def test_steps_after_milestone_epochs_with_warmup(self):
+        lr = steps(1e-4, epochs=36, iters_per_epoch=10, milestones=[27, 33], warmup_iters=5, warmup_factor=0.001)
+        assert len(lr) == 360
+        assert lr[0] == pytest.approx(1e-7)  # warmup_factor x lr
+        assert lr[4] == pytest.approx(1e-4 * (1 - 0.2 * 0.999))  # mmcv: lr x (1 - (1 - i / warmup) x (1 - ratio))
+        assert lr[5] == lr[269] == pytest.approx(1e-4)  # epochs 0..26
+        assert lr[270] == lr[329] == pytest.approx(1e-5)  # epochs 27..32
+        assert lr[330] == lr[-1] == pytest.approx(1e-6)  # epochs 33..35
+
+    def test_poly_decays_linearly_to_min_lr(self):
+        lr = poly(7e-4, 0.0, epochs=10, iters_per_epoch=100, power=1.0, warmup_iters=100, warmup_factor=1e-6)
+        assert lr[0] == pytest.approx(7e-4 * 1e-6)
+        assert lr[500] == pytest.approx(7e-4 * 0.5)  # (1 - 500 / 1000)^1
+        assert lr[-1] == pytest.approx(7e-4 / 1000) and np.all(np.diff(lr[100:]) < 0)
+
+    def test_a_micro_run_keeps_the_recipes_shape(self):
+        """epoch_scale shrinks the run, its milestones and its warm-up together."""
+        spec = {"name": "step", "milestones": [27, 33], "factor": 0.1, "warmup_iters": 500, "warmup_factor": 0.001}
+        full = lr_schedule(spec, 1e-4, 0.0, 36, 100, 0.0)
+        micro = lr_schedule(spec, 1e-4, 0.0, 36 * 0.1, 100, 0.0, epoch_scale=0.1)
+        assert len(micro) * 10 == len(full)
+        assert np.allclose(micro, full[::10], rtol=0, atol=1e-7)
+        assert lr_schedule(None, 1e-3, 0.0, 2, 10, 1.0)[10] == pytest.approx(1e-3)  # no spec: the cosine
+        with pytest.raises(ValueError, match=r"optim\.schedule\.name must be step or poly"):
+            lr_schedule({"name": "cosine"}, 1e-3, 0.0, 2, 10, 0.0)

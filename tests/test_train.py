@@ -375,13 +375,6 @@ def test_eval_batch_size_changes_neither_the_accuracy_nor_the_identity(tmp_path,
     assert config_hash(compose(overrides)) == config_hash(compose([*overrides, "loader.eval_batch_size=50"]))
 
 
-def test_dense_tasks_compose_but_refuse_to_train(tmp_path):
-    cfg = compose(["task=detect", "data=coco", "model=small"])
-    assert cfg.method.name == "mask_rcnn" and cfg.optim.epochs == 36
-    with pytest.raises(ConfigError, match=r"task=detect: COCO detection .* dense-tasks issue"):
-        train(cfg, tmp_path)
-
-
 def test_dalle_tokenizer_without_weights_names_the_variable(tmp_path, monkeypatch):
     from harness.train.build import DALLE_WEIGHTS_ENV, build_model
 

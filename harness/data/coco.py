@@ -15,6 +15,8 @@ for tests and the micro profile.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,7 +30,15 @@ from torch.utils.data import Dataset
 from harness.catalog import dataset_error
 from harness.data.datasets import dataset_root
 
-__all__ = ["CocoInstances", "coco_detection", "coco_evaluate", "write_tiny_coco"]
+__all__ = [
+    "METRICS",
+    "CocoInstances",
+    "coco_detection",
+    "coco_evaluate",
+    "coco_evaluate_results",
+    "coco_results",
+    "write_tiny_coco",
+]
 
 METRICS = ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75")
 
@@ -62,7 +72,8 @@ class CocoInstances(Dataset):
     def __init__(self, images: Path, annotations: Path, transforms: Callable | None = None, train: bool = True):
         from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
-        base = CocoDetection(str(images), str(annotations))
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints four lines of progress per file
+            base = CocoDetection(str(images), str(annotations))
         self.coco = base.coco
         self.transforms, self.train = transforms, train
         self.category_to_label = {c: i + 1 for i, c in enumerate(sorted(self.coco.getCatIds()))}
@@ -136,27 +147,29 @@ def coco_detection(
 # Evaluation
 
 
-def _results(predictions: Mapping[int, Mapping[str, torch.Tensor]], label_to_category: Mapping[int, int]):
-    """COCO result lists (boxes, masks) from MaskRCNN outputs; one list per IoU type, as a result that has both a
-    bbox and a segmentation is read as a box result by COCO's `loadRes` (its area would be the box's)."""
+def coco_results(
+    image_id: int, output: Mapping[str, torch.Tensor], label_to_category: Mapping[int, int]
+) -> tuple[list[dict], list[dict]]:
+    """COCO result lists (boxes, masks) of one image's MaskRCNN output, masks as RLE. One list per IoU type, as a
+    result that has both a bbox and a segmentation is read as a box result by COCO's `loadRes` (its area would be the
+    box's). Convert each image as its output arrives: the RLEs are small, the [N, 1, H, W] probabilities are not."""
     from pycocotools import mask as mask_util
 
-    boxes_out, masks_out = [], []
-    for image_id, p in predictions.items():
-        scores = p["scores"].detach().cpu().tolist()
-        if not scores:
-            continue
-        categories = [label_to_category[int(label)] for label in p["labels"].detach().cpu()]
-        xywh = p["boxes"].detach().cpu().double().clone()
-        xywh[:, 2:] -= xywh[:, :2]
-        binary = (p["masks"].detach()[:, 0] > 0.5).cpu().numpy().astype(np.uint8)  # [N, H, W]
-        rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))  # encode wants [H, W, N], Fortran
-        for box, rle, category, score in zip(xywh.tolist(), rles, categories, scores):
-            rle["counts"] = rle["counts"].decode("ascii")  # bytes -> str, so that results are also valid JSON
-            common = {"image_id": int(image_id), "category_id": category, "score": float(score)}
-            boxes_out.append({**common, "bbox": box})
-            masks_out.append({**common, "segmentation": rle})
-    return boxes_out, masks_out
+    scores = output["scores"].detach().cpu().tolist()
+    if not scores:
+        return [], []
+    categories = [label_to_category[int(label)] for label in output["labels"].detach().cpu()]
+    xywh = output["boxes"].detach().cpu().double().clone()
+    xywh[:, 2:] -= xywh[:, :2]
+    binary = (output["masks"].detach()[:, 0] > 0.5).cpu().numpy().astype(np.uint8)  # [N, H, W]
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))  # encode wants [H, W, N], Fortran
+    boxes, masks = [], []
+    for box, rle, category, score in zip(xywh.tolist(), rles, categories, scores):
+        rle["counts"] = rle["counts"].decode("ascii")  # bytes -> str, so that results are also valid JSON
+        common = {"image_id": int(image_id), "category_id": category, "score": float(score)}
+        boxes.append({**common, "bbox": box})
+        masks.append({**common, "segmentation": rle})
+    return boxes, masks
 
 
 def coco_evaluate(
@@ -175,9 +188,19 @@ def coco_evaluate(
             (with N = 0), or its ground truth is not counted. No images at all gives 0 for every metric.
         label_to_category: contiguous label -> COCO category id (`CocoInstances.label_to_category`).
     """
+    boxes, masks = [], []
+    for image_id, output in predictions.items():
+        b, m = coco_results(image_id, output, label_to_category)
+        boxes += b
+        masks += m
+    return coco_evaluate_results(coco_gt, list(predictions), boxes, masks)
+
+
+def coco_evaluate_results(coco_gt: Any, image_ids: list[int], boxes: list[dict], masks: list[dict]) -> dict[str, float]:
+    """`coco_evaluate` from result lists already converted (`coco_results`) for the images `image_ids`."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    if not predictions:
+    if not image_ids:
         return dict.fromkeys(METRICS, 0.0)
     if isinstance(coco_gt, (str, Path)):
         gt = COCO(str(coco_gt))
@@ -185,14 +208,17 @@ def coco_evaluate(
         gt = coco_gt
     else:  # pycocotools' COCO: copied, as evaluation writes fields into the ground-truth annotations
         gt = COCO(coco_gt.dataset, use_deepcopy=True)
-    image_ids = sorted(int(i) for i in predictions)
     out = {}
-    for prefix, iou_type, results in zip(("box", "mask"), ("bbox", "segm"), _results(predictions, label_to_category)):
+    for prefix, iou_type, results in zip(("box", "mask"), ("bbox", "segm"), (boxes, masks)):
+        if not results:  # no detection above the score threshold in any image (an untrained model): AP 0
+            out |= {f"{prefix}_{suffix}": 0.0 for suffix in ("ap", "ap50", "ap75")}
+            continue
         evaluator = COCOeval_faster(gt, gt.loadRes(results), iou_type)
-        evaluator.params.imgIds = image_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+        evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        with contextlib.redirect_stdout(io.StringIO()):  # COCOeval's table of 12 lines: result.json has them
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
         # stats[0:3] are AP@[.5:.95], AP@.5, AP@.75; -1 means no ground truth among the images, reported as 0.
         for suffix, value in zip(("ap", "ap50", "ap75"), evaluator.stats[:3]):
             out[f"{prefix}_{suffix}"] = max(float(value), 0.0) * 100

@@ -19,7 +19,7 @@ import submitit
 
 from harness.launch import EXECUTORS
 from harness.launch.journal import JOB_NAME_PREFIX, Journal
-from harness.launch.state import log_paths, submitit_folder, tail
+from harness.launch.state import headline, log_paths, submitit_folder, tail
 from harness.sweep.graph import Job
 
 __all__ = ["EXECUTORS", "Group", "run_here", "submit_slurm", "submitit_parameters"]
@@ -143,6 +143,5 @@ def _run_debug(jobs: list[Job], results: Path, journal: Journal, executor_name: 
             )
             continue
         outcome[job.id] = "done"
-        shown = f"top1 {result['top1']:.2f}" if result and result.get("top1") is not None else "encoder saved"
-        print(f"{head}: done in {time.perf_counter() - start:.0f} s, {shown}", flush=True)
+        print(f"{head}: done in {time.perf_counter() - start:.0f} s, {headline(result)}", flush=True)
     return outcome

@@ -4,10 +4,11 @@
 
 For each kind, one of the plan's own jobs runs for a few steps in a temporary folder, with the threads the local
 executor would give it (`harness.launch.pool`), its batch capped at `MAX_BATCH`, random initialisation instead of
-its upstream's encoder, no checkpoints and a one-image-per-class evaluation. The training loop's img/s of the steps
-after the first logging interval (data loading included), times the FLOP model's FLOPs per image (harness.launch.cost),
-times the cores over the threads it had, is the kind's rate per machine-second. An L-BFGS probe trains no steps: the
-whole job (on a random encoder) is timed instead, and its FLOPs over that time are the rate. The rates go to
+its upstream's encoder, and no evaluation (it stops after its steps, as if preempted). The training loop's img/s of
+the steps after the first logging interval (data loading included), times the FLOP model's FLOPs per image
+(harness.launch.cost), times the cores over the threads it had, is the kind's rate per machine-second. An L-BFGS
+probe trains no steps: the whole job (on a random encoder) is timed instead, and its FLOPs over that time are the
+rate. The rates go to
 results/.harness/cpu_throughput.json under this host's name; finished local runs of the same kind take precedence.
 """
 
@@ -47,7 +48,8 @@ def short_config(container: dict) -> dict:
     optim["batch_size"] = min(int(optim["batch_size"]), MAX_BATCH)
     optim["accum_steps"] = 1
     optim["max_iters"] = MEASURE_ITERS
-    cfg["log"] |= {"every": LOG_EVERY, "checkpoint_every": 10**9, "progress": "none", "stop_after": None}
+    # Stopped after its steps, as if preempted: no final evaluation (a dense job's would be all of COCO's val).
+    cfg["log"] |= {"every": LOG_EVERY, "checkpoint_every": 10**9, "progress": "none", "stop_after": MEASURE_ITERS}
     cfg["eval"] |= {"per_class": 1, "every_epochs": 10**6}
     if "knn" in cfg:
         cfg["knn"]["after_pretrain"] = False

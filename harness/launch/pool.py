@@ -49,7 +49,7 @@ from pathlib import Path
 
 from harness.launch.cost import RUNS_FILE  # results/.harness/: each local job's threads and cores, for `plan`
 from harness.launch.journal import Journal
-from harness.launch.state import log_paths, submitit_folder, tail
+from harness.launch.state import headline, log_paths, submitit_folder, tail
 from harness.sweep.graph import Job
 from harness.train import RESULT_FILE
 
@@ -428,8 +428,7 @@ class Pool:
         result = _read_json(job.run_dir / RESULT_FILE)
         if code == 0 and result is not None:
             outcome[job.id] = "done"
-            shown = f"top1 {result['top1']:.2f}" if result.get("top1") is not None else "encoder saved"
-            print(f"{head}: done in {seconds:.0f} s, {shown}", file=self.out, flush=True)
+            print(f"{head}: done in {seconds:.0f} s, {headline(result)}", file=self.out, flush=True)
             return
         if code == 0:
             outcome[job.id] = "stopped"

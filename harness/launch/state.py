@@ -22,7 +22,7 @@ from harness.launch.queue import Queue, QueueError, local_alive
 from harness.sweep.graph import Graph, Job
 from harness.train import RESULT_FILE
 
-__all__ = ["IN_FLIGHT", "JobState", "State", "log_paths", "observe", "submitit_folder", "tail"]
+__all__ = ["IN_FLIGHT", "JobState", "State", "headline", "log_paths", "observe", "submitit_folder", "tail"]
 
 
 class State(str, Enum):
@@ -65,6 +65,19 @@ def log_paths(results: Path, job_id: str) -> tuple[Path, Path]:
     """submitit's stdout and stderr of a job's first task (folder `.submitit/%j`)."""
     folder = submitit_folder(results) / job_id
     return folder / f"{job_id}_0_log.out", folder / f"{job_id}_0_log.err"
+
+
+# The numbers a finished job is announced with, by what its result.json holds (classification, COCO, ADE20k).
+HEADLINES = (("top1",), ("box_ap", "mask_ap"), ("miou",))
+
+
+def headline(result: dict | None) -> str:
+    """A finished job in a few words: its main metrics (`top1 61.20`, `box_ap 30.10, mask_ap 27.90`, `miou 40.20`),
+    or `encoder saved` for a pre-training without an evaluation."""
+    for keys in HEADLINES:
+        if result and all(result.get(k) is not None for k in keys):
+            return ", ".join(f"{k} {result[k]:.2f}" for k in keys)
+    return "encoder saved" if result and result.get("task") == "pretrain" else "done"
 
 
 def tail(path: Path, lines: int) -> list[str]:

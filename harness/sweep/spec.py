@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import CONF_DIR, NOT_YET_TRAINABLE, TASKS
+from harness.config import CONF_DIR, TASKS
 from harness.sweep.expression import check_expression
 
 __all__ = [
@@ -319,8 +319,6 @@ class _Reader:
             for i, b in enumerate(blocks_data)
         )
         blocked = self.blocked(where, spec.get("runnable", True))
-        if blocked is None and task in NOT_YET_TRAINABLE:
-            blocked = NOT_YET_TRAINABLE[task]  # planned and shown, not submitted
         return Stage(
             name=name,
             task=task,

@@ -128,8 +128,8 @@ def build_model(cfg: DictConfig) -> nn.Module:
     method, encoder_args, method_args = cfg.method.name, _container(cfg.model.args), _container(cfg.method.args)
     if method not in models.METHODS:
         raise ConfigError(f"method.name={method}: not a registered method; valid: {', '.join(models.METHODS)}")
-    cls = models.METHODS[method][0]
-    if cls.labelled and cfg.data.num_classes == 0:
+    cls = models.method_class(method)
+    if cls.views in ("labelled", "probe") and cfg.data.num_classes == 0:
         raise ConfigError(f"data={cfg.data.name} has no labels: it can be used for pre-training only")
     _dalle_weights(method_args)
     state = None

@@ -47,12 +47,13 @@ class SeededTransformDataset(Dataset):
         dataset: items `(image, label)`.
         transform: image -> a tensor, or a tuple (image, mask), or a list of crops.
         output: how to build the batch item: "image_label" -> (x, label); "views" -> the transform's tuple
-            without the label (MIM: (image, mask)); "crops" -> (list_of_crops,) (DINO).
+            without the label (MIM: (image, mask)); "crops" -> (list_of_crops,) (DINO); "pair" -> `transform(image,
+            label)`, which transforms both (v2 transforms of an image and its boxes and masks, or its label map).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int, output: str = "image_label") -> None:
-        if output not in ("image_label", "views", "crops"):
-            raise ValueError(f"output must be image_label, views or crops, got {output!r}")
+        if output not in ("image_label", "views", "crops", "pair"):
+            raise ValueError(f"output must be image_label, views, crops or pair, got {output!r}")
         self.dataset, self.transform, self.seed, self.output = dataset, transform, seed, output
         self.epoch = 0
 
@@ -65,8 +66,8 @@ class SeededTransformDataset(Dataset):
     def __getitem__(self, index: int):
         image, label = self.dataset[index]
         with _seeded(self.seed, self.epoch, index):
-            x = self.transform(image)
-        if self.output == "views":
+            x = self.transform(image, label) if self.output == "pair" else self.transform(image)
+        if self.output in ("views", "pair"):
             return tuple(x)
         if self.output == "crops":
             return (list(x),)
@@ -127,10 +128,17 @@ class EpochSampler(Sampler[int]):
 
 
 def build_loader(
-    dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin_memory: bool, seed: int = 0
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    seed: int = 0,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """Batches of `sampler`'s indices. The loader draws its worker seeds from its own generator, never from the
-    global one, so creating it does not shift the model's random stream (drop path) and a resumed run stays exact."""
+    global one, so creating it does not shift the model's random stream (drop path) and a resumed run stays exact.
+    `collate_fn`: None stacks tensors (the default); detection batches are lists (`harness.train.dense`)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -138,6 +146,7 @@ def build_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         drop_last=True,
+        collate_fn=collate_fn,
         persistent_workers=False,  # re-created each epoch, so each worker sees the dataset's current epoch
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),

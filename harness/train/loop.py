@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.config import NOT_YET_TRAINABLE, ConfigError, config_hash, derived, save_config
+from harness.config import ConfigError, config_hash, derived, save_config
 from harness.io import atomic_write_json
 from harness.train import RESULT_FILE, checkpoint, distributed, schedules
 from harness.train.build import amp_dtype, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
@@ -42,9 +42,11 @@ class NonFiniteLossError(RuntimeError):
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Run (or resume) the job in `run_dir`; returns result.json's content, or None when stopped early."""
-    if cfg.task in NOT_YET_TRAINABLE:
-        raise ConfigError(f"task={cfg.task}: {NOT_YET_TRAINABLE[cfg.task]}")
     ctx = distributed.setup(cfg.run.device)
+    if cfg.task in ("detect", "segment"):  # the same loop, with the dense tasks' data, evaluation and results
+        from harness.train.dense import DenseTrainer
+
+        return DenseTrainer(cfg, Path(run_dir), ctx).run()
     if cfg.task == "linear" and cfg.linear.solver == "lbfgs":  # solved on frozen features: no training loop
         return FrozenProbe(cfg, Path(run_dir), ctx).run()
     if cfg.task == "linear" and cfg.linear.solver != "sgd":
@@ -53,9 +55,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
 
 
 def _to(batch, device: torch.device):
+    """A batch on the device: tensors, and the tensors inside tuples, lists and dicts (detection targets)."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    return batch  # plain values (a detection target's image_id)
 
 
 class Trainer:
@@ -67,8 +74,9 @@ class Trainer:
     def setup(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         distributed.seed_everything(cfg.seed + ctx.rank)
-        self.net = build_model(cfg).to(self.device)
-        self.train_set, self.eval_set = build_datasets(cfg, self.net)
+        self.net = self.build_net().to(self.device)
+        self.collate = None  # the DataLoader's default: a batch of tensors
+        self.train_set, self.eval_set = self.build_data()
         self.d = derived(cfg, ctx.world_size)
         self.iters_per_epoch = len(self.train_set) // cfg.optim.batch_size
         if self.iters_per_epoch == 0:
@@ -84,7 +92,10 @@ class Trainer:
             self.total = min(self.total, o.max_iters)
         schedule = (self.epochs, self.iters_per_epoch, self.total)  # the values of the steps this run takes
         warmup = o.warmup_epochs * o.epoch_scale
-        self.lr = schedules.cosine(self.d.lr, o.min_lr, *schedule[:2], warmup_epochs=warmup, length=self.total)
+        # The classification tasks' lr is a cosine; a dense task's recipe names its own (optim.schedule).
+        self.lr = schedules.lr_schedule(
+            o.get("schedule"), self.d.lr, o.min_lr, *schedule[:2], warmup, o.epoch_scale, length=self.total
+        )
         wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
         self.wd = schedules.cosine(o.weight_decay, wd_end, *schedule[:2], length=self.total)
         self.method_values = {name: schedules.array(spec, *schedule) for name, spec in self.net.schedules().items()}
@@ -95,6 +106,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.trainable = [p for p in self.net.parameters() if p.requires_grad]
         self.mixup = self._mixup()
+
+    def build_net(self) -> nn.Module:
+        return build_model(self.cfg)
+
+    def build_data(self):
+        """(training set, evaluation set or None)."""
+        return build_datasets(self.cfg, self.net)
 
     def _mixup(self):
         a = self.cfg.aug
@@ -189,7 +207,7 @@ class Trainer:
         if start == 0:
             progress.message(
                 f"{cfg.task} {cfg.method.name} on {cfg.data.name}: {len(self.train_set)} images, "
-                f"{self.iters_per_epoch} it/epoch x {self.epochs} epochs; batch {cfg.optim.batch_size} = "
+                f"{self.iters_per_epoch} it/epoch x {self.epochs:g} epochs; batch {cfg.optim.batch_size} = "
                 f"{self.d.batch_per_device} x {ctx.world_size} processes x {self.d.accum_steps} accum; "
                 f"lr {self.d.lr:.3g} (optim.lr={cfg.optim.lr}, blr={cfg.optim.blr})"
             )
@@ -236,6 +254,7 @@ class Trainer:
                 cfg.loader.workers,
                 cfg.loader.pin_memory and self.device.type == "cuda",
                 seed=cfg.seed,
+                collate_fn=self.collate,
             )
             self.net.train()
             for micro, batch in enumerate(loader):
@@ -338,13 +357,35 @@ class Trainer:
     def end_epoch(self, epoch: float, it: int, progress: Progress, final: bool = False) -> None:
         """Evaluate when due (or `final`), then checkpoint (so the checkpoint knows the evaluation)."""
         if self.eval_set is not None and (final or self.eval_due(epoch)):
-            batch = self.cfg.loader.get("eval_batch_size") or self.d.batch_per_device  # get: older saved configs
-            top1, top5 = evaluate(self.net, self.eval_set, self.ctx, batch, self.cfg, self.amp_dtype)
-            self.evals.append({"epoch": epoch, "top1": top1, "top5": top5})
+            scores = self.evaluate()
+            self.evals.append({"epoch": epoch, **scores})
             if self.metrics is not None:
-                self.metrics.write({"it": it, "epoch": epoch, "eval": True, "top1": top1, "top5": top5})
-            progress.message(f"epoch {epoch}: top-1 {top1:.2f}  top-5 {top5:.2f}")
+                self.metrics.write({"it": it, "epoch": epoch, "eval": True, **scores})
+            progress.message(f"epoch {epoch:.4g}: " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
         self.save(it)
+
+    def evaluate(self) -> dict[str, float]:
+        """The evaluation's metrics: top-1 and top-5 accuracy (%)."""
+        batch = self.cfg.loader.get("eval_batch_size") or self.d.batch_per_device  # get: older saved configs
+        top1, top5 = evaluate(self.net, self.eval_set, self.ctx, batch, self.cfg, self.amp_dtype)
+        return {"top1": top1, "top5": top5}
+
+    def summary(self) -> dict:
+        """What result.json says of the evaluations: the last one, and the best of each metric with its epoch."""
+        if not self.evals:
+            return {}
+        last = self.evals[-1]
+        best1 = max(self.evals, key=lambda e: e["top1"])
+        best5 = max(self.evals, key=lambda e: e["top5"])
+        return {
+            "top1": last["top1"],
+            "top5": last["top5"],
+            "final_epoch": last["epoch"],
+            "best_top1": best1["top1"],
+            "best_top1_epoch": best1["epoch"],
+            "best_top5": best5["top5"],
+            "best_top5_epoch": best5["epoch"],
+        }
 
     # -----------------------------------------------------------------------------------------------------------
     def finish(self) -> dict:
@@ -364,19 +405,7 @@ class Trainer:
             "device_hours": wall * self.ctx.world_size / 3600,
             "config_hash": config_hash(self.cfg),
         }
-        if self.evals:
-            last = self.evals[-1]
-            best1 = max(self.evals, key=lambda e: e["top1"])
-            best5 = max(self.evals, key=lambda e: e["top5"])
-            result |= {
-                "top1": last["top1"],
-                "top5": last["top5"],
-                "final_epoch": last["epoch"],
-                "best_top1": best1["top1"],
-                "best_top1_epoch": best1["epoch"],
-                "best_top5": best5["top5"],
-                "best_top5_epoch": best5["epoch"],
-            }
+        result |= self.summary()
         result["final_loss"] = self.last_record.get("loss")  # the last logging interval's mean
         if self.cfg.task == "linear":  # a fixed SGD schedule (the paper-scale protocol): convergence not checked
             result |= {"solver": "sgd", "converged": None}
