@@ -81,6 +81,26 @@ def test_each_classification_sweep_keeps_its_graph_under_the_micro_profile_with_
         assert c["data"]["name"] == "fashion_mnist" and c["model"]["size"] == "micro"
 
 
+@pytest.mark.parametrize("name", ["t3_coco", "ade20k"])
+def test_each_dense_sweep_keeps_its_graph_under_the_micro_profile_with_seeds(name, tmp_path):
+    """T3's and ADE20k's micro graphs: the paper's jobs, 2 seeds of each detection / segmentation, each on the
+    scenes standing in for its dataset, 300 steps of its recipe's schedule (its sweep's longer schedules longer)."""
+    sweep = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
+    real, micro = compile_sweeps([sweep], tmp_path), compile_sweeps([sweep], tmp_path, profile="micro")
+    task = "detect" if name == "t3_coco" else "segment"
+    dense = [j for j in micro.jobs.values() if j.task == task]
+    assert len(dense) == 2 * sum(1 for j in real.jobs.values() if j.task == task)
+    assert all(j.blocked is None for j in micro.jobs.values())
+    classes = {"detect": 10, "segment": 11}[task]
+    for job in dense:
+        c = job.container
+        assert c["data"]["name"] == "fashion_mnist" and c["method"]["args"]["num_classes"] == classes
+        steps = c["optim"]["epochs"] * c["optim"]["epoch_scale"] * (c["data"]["scenes"]["train"] // 16)
+        recipe = {"detect": 36, "segment": 127}[task]  # Random Init.+ runs twice the 3x schedule: twice the steps
+        assert round(steps * recipe / c["optim"]["epochs"]) in (299, 300) and c["optim"]["lr"] == 1e-3
+    assert {j.container["seed"] for j in dense} == {0, 1}
+
+
 def test_micro_stand_ins_see_equal_images_at_iteration_parity(tmp_path):
     """ImageNet, its 1% and 10%, and COCO at parity: the same number of images seen, within rounding."""
     graph = compile_sweeps([load_sweep(ROOT / "sweeps" / "t1_sample_efficiency.yaml")], tmp_path, profile="micro")
