@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from harness.catalog import DatasetError
-from harness.data.coco import METRICS, coco_detection, coco_evaluate, coco_results, write_tiny_coco
+from harness.data.coco import METRICS, coco_detection, coco_evaluate, coco_result_lists, write_tiny_coco
 
 
 @pytest.fixture(autouse=True)
@@ -44,21 +44,14 @@ def _perfect(ds) -> dict[int, dict[str, torch.Tensor]]:
     return out
 
 
-def _results(predictions, label_to_category) -> tuple[list[dict], list[dict]]:
-    boxes, masks = [], []
-    for image_id, output in predictions.items():
-        b, m = coco_results(image_id, output, label_to_category)
-        boxes, masks = boxes + b, masks + m
-    return boxes, masks
-
-
 def _pycocotools(annotation_file, predictions, label_to_category) -> dict[str, float]:
     """The same metrics with the reference implementation."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt, out = COCO(str(annotation_file)), {}
-    for prefix, iou_type, results in zip(("box", "mask"), ("bbox", "segm"), _results(predictions, label_to_category)):
+    results_by_type = coco_result_lists(predictions, label_to_category)
+    for prefix, iou_type, results in zip(("box", "mask"), ("bbox", "segm"), results_by_type):
         evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iou_type)
         evaluator.params.imgIds = sorted(predictions)
         evaluator.evaluate()
@@ -187,7 +180,7 @@ def test_detection_on_a_crowd_is_ignored(tiny):
 def test_results_are_json_with_category_ids(tiny):
     root, _ = tiny
     ds = coco_detection(root, "val", train=False)
-    boxes, masks = _results(_perfect(ds), ds.label_to_category)
+    boxes, masks = coco_result_lists(_perfect(ds), ds.label_to_category)
     assert len(boxes) == len(masks) == 10 and {r["category_id"] for r in boxes} == {1, 3, 7}
     assert isinstance(masks[0]["segmentation"]["counts"], str)
     json.dumps([boxes, masks])

@@ -36,6 +36,7 @@ __all__ = [
     "coco_detection",
     "coco_evaluate",
     "coco_evaluate_results",
+    "coco_result_lists",
     "coco_results",
     "write_tiny_coco",
 ]
@@ -188,12 +189,19 @@ def coco_evaluate(
             (with N = 0), or its ground truth is not counted. No images at all gives 0 for every metric.
         label_to_category: contiguous label -> COCO category id (`CocoInstances.label_to_category`).
     """
+    return coco_evaluate_results(coco_gt, list(predictions), *coco_result_lists(predictions, label_to_category))
+
+
+def coco_result_lists(
+    predictions: Mapping[int, Mapping[str, torch.Tensor]], label_to_category: Mapping[int, int]
+) -> tuple[list[dict], list[dict]]:
+    """`coco_results` of every image of `predictions`, concatenated: (box results, mask results)."""
     boxes, masks = [], []
     for image_id, output in predictions.items():
         b, m = coco_results(image_id, output, label_to_category)
         boxes += b
         masks += m
-    return coco_evaluate_results(coco_gt, list(predictions), boxes, masks)
+    return boxes, masks
 
 
 def coco_evaluate_results(coco_gt: Any, image_ids: list[int], boxes: list[dict], masks: list[dict]) -> dict[str, float]:

@@ -32,6 +32,7 @@ from harness.train.frozen import FrozenProbe, frozen_knn
 from harness.train.loader import EpochSampler, build_loader, shard_indices
 from harness.train.logging import MetricsLog, Progress, write_env
 from model.heads import frozen_features
+from model.registry import DENSE_TASKS
 
 __all__ = ["RESULT_FILE", "NonFiniteLossError", "Trainer", "evaluate", "train"]
 
@@ -43,7 +44,7 @@ class NonFiniteLossError(RuntimeError):
 def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Run (or resume) the job in `run_dir`; returns result.json's content, or None when stopped early."""
     ctx = distributed.setup(cfg.run.device)
-    if cfg.task in ("detect", "segment"):  # the same loop, with the dense tasks' data, evaluation and results
+    if cfg.task in DENSE_TASKS:  # the same loop, with the dense tasks' data, evaluation and results
         from harness.train.dense import DenseTrainer
 
         return DenseTrainer(cfg, Path(run_dir), ctx).run()
