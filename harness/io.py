@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), and paths kept under a root.
+
+    atomic_write_json(under(out, sweep.name, "cells.json"), data)   # ValueError if the name leaves `out`
+
+A user string that becomes a path (a sweep's name, a figure's) is joined with `under`, never with `/` alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "under"]
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -37,3 +42,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def under(root: str | Path, *parts: str | Path) -> Path:
+    """`root / parts...`, or ValueError when the result is not `root` or below it: a part that is absolute or climbs
+    out with `..`. The check is on the resolved paths, so a symbolic link inside `root` that points out of it is
+    refused too. Returns the joined path as written (not resolved), so messages show what the caller passed."""
+    path = Path(root).joinpath(*parts)
+    real_root, real = Path(root).resolve(), path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ValueError(f"'{Path(*parts)}' leads to {real}, outside {real_root}")
+    return path

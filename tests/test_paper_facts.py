@@ -90,6 +90,12 @@ def test_unknown_key_is_named(tmp_path):
         load_facts(path)
 
 
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path):
+    path = write(tmp_path, BLOCK.format(values="[[1, 2], [3, 4]]") + "    values: [[5, 6], [7, 8]]\n")
+    with pytest.raises(FactsError, match=r"facts\.yaml:\d+:\d+: YAML: duplicate key 'values'"):
+        load_facts(path)
+
+
 def test_duplicate_facts_are_refused(tmp_path):
     text = """
     tables:

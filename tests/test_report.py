@@ -82,7 +82,7 @@ def _results(tmp_path: Path, epochs: int = 1, profile: str | None = None):
 
 def test_collect_reads_run_folders_into_a_long_dataframe(tmp_path):
     req, _ = _results(tmp_path)
-    with pytest.warns(UserWarning, match=r"skipping .*result.json: unreadable"):
+    with pytest.warns(UserWarning, match=r"skipping .*result.json: (unreadable|corrupt)"):
         df = collect(req.sweeps, results=req.results, overrides=req.overrides)
     assert len(df) == 8  # 4 cells x 2 seeds
     done = df[df.state == "done"]
@@ -154,6 +154,7 @@ def test_claims_on_the_papers_numbers_and_on_partial_results(tmp_path):
         ("{text: t, cells: {a: {method: dino}}, check: a > 1}", r"claims\[0\].cells.a: .* selects 2 cells"),
         ("{text: t, cells: {a: {method: dino, pretrain_data: in_1}}, check: b > 1}", r"'b' is not one of"),
         ("{text: t, cells: {a: {method: dino, pretrain_data: in_1}}, check: __import__('os')}", r"not allowed"),
+        ("{text: t, cells: {a: {method: dino, pretrain_data: in_1}}, check: a ** 2 > 1}", r"'a \*\* 2' is not allowed"),
     ],
 )
 def test_claims_are_checked_when_the_sweep_is_read(tmp_path, claim, expected):
@@ -311,3 +312,34 @@ def test_a_profile_with_unknown_baselines_is_refused():
         _check_baselines({"pretrain": ["random"]}, Path("micro.yaml"))
     with pytest.raises(SweepError, match=r"baselines\.linear: .*got \['imagenet'\]"):
         _check_baselines({"linear": ["imagenet"]}, Path("micro.yaml"))
+
+
+def test_latex_and_markdown_escape_every_special_character():
+    """Issue 15 item 12: `$ { } ~ ^` (and `& % # _ \\`) in a key, a label or a caption are text in the LaTeX table;
+    a `|` or a line break in a value keeps the Markdown row one row."""
+    import pandas as pd
+
+    grid = pd.DataFrame({"a_b": ["$5 {x} ~ ^2 & 10% #1 \\ 7 ± 1 −"]}, index=pd.Index(["r|1\nr2"], name="k~"))
+    tex = latex(grid, "T {1}: $")
+    assert "\\caption{T \\{1\\}: \\$}" in tex
+    assert "k\\textasciitilde{} & a\\_b \\\\" in tex
+    body = r"\$5 \{x\} \textasciitilde{} \textasciicircum{}2 \& 10\% \#1 \textbackslash{} 7 $\pm$ 1 $-$"
+    assert f"r|1 r2 & {body} \\\\" in tex
+    assert markdown(grid).splitlines()[2] == "| r\\|1 r2 | $5 {x} ~ ^2 & 10% #1 \\ 7 ± 1 − |"
+
+
+def test_a_report_never_writes_outside_its_folder(tmp_path):
+    """Issue 15 item 1: a name that leads out of `--out` is refused by the sweep file (tests/test_sweep.py); a
+    folder of `--out` that is a link out of it is refused by the report, with the file and the key."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "t1").symlink_to(outside)
+    req, _ = _results(tmp_path)
+    with pytest.warns(UserWarning), pytest.raises(SweepError, match=r"t1\.yaml: name: .* outside"):
+        build_reports(req, tmp_path / "reports", out=open(os.devnull, "w"))  # noqa: SIM115
+    assert list(outside.iterdir()) == []
+    sweep = write_sweep(tmp_path, T1.replace("name: t1_bars", "name: ../../../figescape"), "escape")
+    with pytest.raises(SweepError, match=r"figures\[0\]\.name: expected a simple name"):
+        build_reports(Request([sweep], results=str(tmp_path / "results")), tmp_path / "reports")
+    assert not list(tmp_path.glob("**/figescape*")) and not list(Path("/").glob("figescape*"))

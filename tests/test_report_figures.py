@@ -203,3 +203,13 @@ def test_a_tick_per_value_only_when_the_labels_fit(numbers, logx, spread):
     from harness.report.figures import _spread_out
 
     assert _spread_out(numbers, logx) is spread
+
+
+def test_a_figure_name_cannot_lead_out_of_the_folder(sweep, results, tmp_path):
+    """Issue 15 item 1: the sweep file refuses such a name; drawing refuses it too, before writing anything."""
+    import dataclasses
+
+    escaping = dataclasses.replace(sweep.figures[1], name="../../figescape")
+    with pytest.raises(ValueError, match="outside"):
+        render_figures(dataclasses.replace(sweep, figures=(escaping,)), results, tmp_path / "a" / "out")
+    assert not list(tmp_path.rglob("figescape*"))

@@ -229,7 +229,7 @@ def test_smoke_profile_keeps_distinct_datasets_models_and_epochs_distinct(tmp_pa
             r"cells\[0\].keys.size: stage 'pretrain' has no key 'size'",
         ),
         ("stages: {pretrain: {}}\ncells: [{stage: pretrain, metric: acc, paper: 1.0}]", r"unknown metric 'acc'"),
-        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: high}]", r"paper: expected a number"),
+        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: high}]", r"paper: expected a finite number"),
         ("stages: {pretrain: {cluster: {gpus: 8}}}", r"stages.pretrain.cluster.gpus: unknown key"),
         (
             "stages: {pretrain: {grid: {m: {a: [method=beit]}}}, finetune: {grid: {from: pretrain, where: {m: b}}}}",
@@ -290,7 +290,8 @@ def test_fast_composer_gives_exactly_what_hydra_composes(overrides):
     fast = composer.container(overrides)
     assert fast == OmegaConf.to_container(compose(overrides), resolve=True)
     assert config_hash(fast) == config_hash(compose(overrides))
-    changed = [*overrides[:-1], overrides[-1].rsplit("=", 1)[0] + "=5"]  # the next cell of a grid: a cached base
+    key = overrides[-1].rsplit("=", 1)[0]
+    changed = [*overrides[:-1], f"{key}={0.5 if key.endswith('fraction') else 5}"]  # the next cell: a cached base
     assert composer.container(changed) == OmegaConf.to_container(compose(changed), resolve=True)
 
 
@@ -411,6 +412,7 @@ def test_a_changed_dataset_size_changes_the_cached_graphs_epochs(tmp_path, monke
     from harness.sweep import Request, compile_request
 
     req = Request([str(write(tmp_path, PARITY))], results=str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()  # a graph is cached in a results folder that exists (`run` makes it)
     (job,) = compile_request(req).jobs.values()
     assert job.config.optim.epochs == 3000  # FACTS §3.1: IN-10% at parity with 300 ImageNet epochs
     (job,) = compile_request(req).jobs.values()  # read back from the cache
@@ -458,9 +460,115 @@ def test_an_old_graph_cache_file_is_compiled_again(tmp_path):
     from harness.sweep import Request, compile_request
 
     req = Request([str(write(tmp_path, PARITY))], results=str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()  # a graph is cached in a results folder that exists (`run` makes it)
     first = compile_request(req)
     (cached,) = (tmp_path / "results").rglob("graphs/*.json")
     cached.write_text(cached.read_text().replace('"blocked": null', '"runnable": true'))
     again = compile_request(req)
     assert list(again.jobs) == list(first.jobs) and next(iter(again.jobs.values())).blocked is None
     assert '"blocked": null' in cached.read_text()  # written again in the current layout
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: ../../escaped\nstages: {pretrain: {}}", r"name: expected a simple name .*got '\.\./\.\./escaped'"),
+        ("name: /tmp/escaped\nstages: {pretrain: {}}", r"name: expected a simple name"),
+        ("name: .hidden\nstages: {pretrain: {}}", r"name: expected a simple name"),
+        ("name: [a]\nstages: {pretrain: {}}", r"name: expected a simple name"),
+        (
+            "stages: {pretrain: {}}\nfigures: [{name: ../../../figescape, kind: bar, stage: pretrain, x: method}]",
+            r"figures\[0\]\.name: expected a simple name",
+        ),
+        (
+            "stages: {pretrain: {}}\nfigures: [{name: a, kind: bar, stage: pretrain, x: m}, "
+            "{name: a, kind: bar, stage: pretrain, x: m}]",
+            r"figures\[1\]\.name: 'a' is also the name of figures\[0\]",
+        ),
+        (
+            "stages: {pretrain: {grid: {seed: [0, 1]}}}\n"
+            "cells: [{stage: pretrain, keys: {seed: 0}, paper: 1.0}, {stage: pretrain, keys: {seed: 0}, paper: 2.0}]",
+            r"cells\[1\]: the same cell as cells\[0\]",
+        ),
+        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: true}]", r"cells\[0\]\.paper: expected a finite"),
+        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: .nan}]", r"cells\[0\]\.paper: expected a finite"),
+        ("stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: .inf}]", r"cells\[0\]\.paper: expected a finite"),
+        (
+            "stages: {pretrain: {}}\ncells: [{stage: pretrain, paper: 1.0, tolerance: -0.5}]",
+            r"cells\[0\]\.tolerance: expected a number >= 0",
+        ),
+        ("name: a\nstages: {pretrain: {}}\nname: b", r"sweep.yaml:3:1: YAML: duplicate key 'name' \(first at line 1\)"),
+        ("stages:\n  pretrain: {overrides: [model=micro], overrides: []}", r"sweep.yaml:2:\d+: YAML: duplicate key"),
+        (
+            'stages: {pretrain: {cluster: {partition: "gpu\\n#SBATCH --exclusive"}}}',
+            r"stages\.pretrain\.cluster: partition: .* holds a control character",
+        ),
+        (
+            'stages: {pretrain: {cluster: {additional: {exclude: "n1\\n#SBATCH --x"}}}}',
+            r"stages\.pretrain\.cluster: additional\.exclude: .* holds a control character",
+        ),
+    ],
+)
+def test_names_values_and_keys_that_were_accepted_silently_are_refused(tmp_path, text, expected):
+    """Issue 15 items 1, 11, 12: a name that would lead out of the report folder, a value the table would misread,
+    a duplicate YAML key (the last one won), a cluster value that would add a line to the job script."""
+    path = write(tmp_path, text)
+    with pytest.raises(SweepError, match=expected) as info:
+        load_sweep(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_sweep_named_by_its_file_needs_a_file_name_that_is_a_simple_name(tmp_path):
+    assert load_sweep(write(tmp_path, "stages: {pretrain: {}}", "t1.v2-b.yaml")).name == "t1.v2-b"
+    with pytest.raises(SweepError, match=r"name: missing, and the default 'my sweep' is not a simple name"):
+        load_sweep(write(tmp_path, "stages: {pretrain: {}}", "my sweep.yaml"))
+
+
+def test_a_yaml_merge_key_may_still_be_overridden(tmp_path):
+    path = write(tmp_path, "stages:\n  pretrain: &p {overrides: [model=micro]}\n  finetune: {<<: *p, overrides: []}\n")
+    assert load_sweep(path).stages["finetune"].overrides == ()
+
+
+def test_two_sweep_files_of_one_name_are_refused_naming_both(tmp_path):
+    a = load_sweep(write(tmp_path, TWO_STAGES.format(name="same"), "a.yaml"))
+    b = load_sweep(write(tmp_path, TWO_STAGES.format(name="same"), "b.yaml"))
+    with pytest.raises(SweepError, match=r"b\.yaml: name 'same' is also the name of .*a\.yaml"):
+        compile_sweeps([a, b], tmp_path / "results")
+    with pytest.raises(SweepError, match=r"a\.yaml: given twice"):
+        compile_sweeps([a, a], tmp_path / "results")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (['cluster.partition="gpu\\n#SBATCH --exclusive"'], r"command line: cluster: partition: .* control"),
+        (['cluster.setup=["module load cuda\\n#SBATCH -x"]'], r"command line: cluster: setup\[0\]: .* control"),
+        (['cluster.qos="high\\tx"'], r"command line: cluster: qos: .* control character"),
+    ],
+)
+def test_a_control_character_in_a_command_line_cluster_value_is_refused(tmp_path, overrides, expected):
+    from harness.sweep import Request, compile_request
+
+    req = Request([str(write(tmp_path, "stages: {pretrain: {}}"))], overrides, results=str(tmp_path / "results"))
+    with pytest.raises(SweepError, match=expected):
+        compile_request(req)
+
+
+def test_a_control_character_in_a_cluster_file_is_refused(tmp_path, monkeypatch):
+    from harness.sweep import graph
+
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "odd.yaml").write_text('partition: "a\\r\\n#SBATCH --x"\n')
+    monkeypatch.setattr(graph, "CONF_DIR", tmp_path)
+    with pytest.raises(SweepError, match=r"odd\.yaml: partition: .* control character"):
+        graph.load_cluster("odd")
+
+
+@pytest.mark.parametrize(
+    ("group", "name"), [("profile", "../cluster/slurm"), ("cluster", "../profile/smoke"), ("cluster", "/etc/hostname")]
+)
+def test_a_profile_or_cluster_name_cannot_read_outside_its_folder(group, name):
+    from harness.sweep.graph import load_cluster, load_profile
+
+    with pytest.raises(SweepError, match=rf"unknown {group} '{name}': .*valid: "):
+        (load_profile if group == "profile" else load_cluster)(name)

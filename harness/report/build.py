@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, under
 from harness.launch.state import State, observe
 from harness.provenance import git_sha
 from harness.report.baselines import baseline_grid, baseline_summary
@@ -26,7 +26,7 @@ from harness.report.claims import NOT_ENOUGH, evaluate, judge
 from harness.report.collect import collect_graph
 from harness.report.rank import rank_agreement
 from harness.report.table import latex, layout, legend, markdown, summarize
-from harness.sweep import Request, Sweep, compile_request
+from harness.sweep import Request, Sweep, SweepError, compile_request
 
 __all__ = ["build_reports", "judge_claims", "report"]
 
@@ -53,6 +53,15 @@ def judge_claims(sweep: Sweep, summary: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _place(sweep: Sweep, root: str | Path, name: str, key: str) -> Path:
+    """`root/name` for a name of the sweep file (checked there: `harness.sweep.spec.NAME`), refused with the file and
+    the key when it would still lead out of `root` (through a symbolic link, say)."""
+    try:
+        return under(root, name)
+    except ValueError as err:
+        raise SweepError(f"{sweep.path}: {key}: {err}") from err
+
+
 def _figure_code() -> bytes:
     """What draws a figure besides its data: the drawing module and the matplotlib release (its styles, its
     layout), read from the package metadata so that a report with nothing to draw never imports matplotlib."""
@@ -76,7 +85,8 @@ def _figures(sweep: Sweep, df: pd.DataFrame, folder: Path, compare: bool = True)
         used += sorted(c for c in rows.columns if c.startswith("key."))
         data = rows[used].to_csv(index=False).encode() if len(rows) else b""
         key = hashlib.sha256(repr((figure, sweep.name, sweep.title, compare)).encode() + code + data).hexdigest()
-        png, stamp = folder / f"{figure.name}.png", folder / f"{figure.name}.key"
+        png = _place(sweep, folder, f"{figure.name}.png", "figures.name")
+        stamp = png.with_suffix(".key")
         pngs.append(png)
         fresh = png.exists() and png.with_suffix(".svg").exists() and stamp.exists() and stamp.read_text() == key
         if not fresh:
@@ -101,7 +111,7 @@ def build_reports(req: Request, out_root: str | Path = "reports", out=None) -> l
     compare = req.profile is None  # a profile's stand-in numbers are not the paper's in absolute value
     pages = []
     for sweep in graph.sweeps:
-        folder = Path(out_root) / sweep.name
+        folder = _place(sweep, out_root, sweep.name, "name")
         folder.mkdir(parents=True, exist_ok=True)
         mine = df[df.sweep == sweep.name] if len(df) else df
         summary = summarize(sweep, df, compare)

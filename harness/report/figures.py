@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
-from harness.io import atomic_write
+from harness.io import atomic_write, under
 from harness.sweep.spec import Figure, Sweep
 
 __all__ = ["draw_figure", "figure_points", "render_figures"]
@@ -62,7 +62,7 @@ def render_figures(sweep: Sweep, df: pd.DataFrame, out_dir: str | Path, compare:
     for figure in sweep.figures:
         with _style():
             fig = draw_figure(sweep, figure, df, compare)
-            png = out_dir / f"{figure.name}.png"
+            png = under(out_dir, f"{figure.name}.png")  # the sweep file checked the name: this is the last guard
             atomic_write(png, lambda f, fig=fig: fig.savefig(f, format="png", dpi=DPI))
             fig.set_layout_engine("none")  # the SVG keeps the layout the PNG computed (~0.3 s a figure saved)
             # no date in the SVG: same results, same file

@@ -25,6 +25,12 @@ from harness.sweep import Cell, Sweep
 __all__ = ["DEFAULT_TOLERANCE", "MARKS", "latex", "layout", "legend", "lint", "markdown", "spread", "summarize"]
 
 DEFAULT_TOLERANCE = 1.0  # points of top-1, when a cell gives none
+# LaTeX's ten special characters as text, in one pass (so `\` -> `\textbackslash{}` keeps its braces), ± and − in
+# math mode, and a line break as a space (a blank line inside \caption is an error).
+TEX = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "−": r"$-$", "\n": " ", "\r": " ",
+})  # fmt: skip
 MARKS = {"within": "=", "above": "+", "below": "-", "protocol differs": "!"}
 
 
@@ -139,20 +145,22 @@ def layout(sweep: Sweep, summary: pd.DataFrame, compare: bool = True) -> pd.Data
 
 
 def markdown(grid: pd.DataFrame) -> str:
+    """A pipe table; a `|` in a value is escaped and a line break becomes a space, so each row stays one row."""
+
+    def md(text) -> str:
+        return " ".join(str(text).replace("|", "\\|").splitlines())
+
     head = [grid.index.name or "", *grid.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([str(name), *row]) + " |" for name, row in zip(grid.index, grid.values.tolist())]
+    lines = ["| " + " | ".join(map(md, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(md, [name, *row])) + " |" for name, row in zip(grid.index, grid.values.tolist())]
     return "\n".join(lines)
 
 
 def latex(grid: pd.DataFrame, caption: str) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); ± and Δ marks in math mode."""
+    """A booktabs table (needs \\usepackage{booktabs}); every text escaped (`TEX`), ± and − in math mode."""
 
-    def tex(text: str) -> str:
-        text = str(text).replace("\\", "\\textbackslash{}")
-        for a, b in (("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("±", "$\\pm$"), ("−", "$-$")):
-            text = text.replace(a, b)
-        return text
+    def tex(text) -> str:
+        return str(text).translate(TEX)
 
     spec = "l" + "c" * len(grid.columns)
     lines = [

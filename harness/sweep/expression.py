@@ -41,7 +41,8 @@ def check_expression(text: str, names: set[str]) -> ast.Expression:
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id not in names:
             raise ValueError(f"'{node.id}' is not one of the claim's cells ({', '.join(sorted(names))})")
-        if not isinstance(node, _ALLOWED):
+        ops = getattr(node, "ops", None) or [getattr(node, "op", None)]  # `a ** 2`: name the expression, not `**`
+        if not isinstance(node, _ALLOWED) or any(op is not None and not isinstance(op, _ALLOWED) for op in ops):
             raise ValueError(f"'{ast.unparse(node)}' is not allowed in a claim (numbers, cell names, + - * /, <, and)")
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
             raise ValueError(f"only numbers may appear as constants, not {node.value!r}")

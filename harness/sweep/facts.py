@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from harness.sweep.spec import SweepError, read_yaml
 
 __all__ = ["FACTS_FILE", "Fact", "FactsError", "fact_index", "load_facts"]
 
@@ -44,7 +44,10 @@ class Fact:
 def load_facts(path: str | Path = FACTS_FILE) -> list[Fact]:
     """Every value of the facts file, in file order, nulls skipped; FactsError on anything malformed."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = read_yaml(path)  # a duplicate key is an error, not the last value silently
+    except SweepError as err:
+        raise FactsError(str(err)) from err
     if not isinstance(data, dict) or set(data) != {"tables"} or not isinstance(data["tables"], list):
         raise FactsError(f"{path}: expected one top-level key `tables`, a list of blocks")
     facts = []

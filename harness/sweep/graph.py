@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from harness.catalog import DATASETS
 from harness.config import CONF_DIR, TASKS, Composer, ConfigError, config_hash, encoder_overrides
-from harness.io import atomic_write_text
-from harness.sweep.spec import CLUSTER_KEYS, Block, Stage, Sweep, SweepError, check_override
+from harness.io import atomic_write_text, under
+from harness.sweep.spec import Block, Stage, Sweep, SweepError, check_cluster, check_override, read_yaml
 
 __all__ = ["Graph", "Job", "Profile", "Ref", "compile_sweeps", "load_cluster", "load_profile"]
 
@@ -119,24 +118,27 @@ class Profile:
         return [*out, *self.overrides, *self.tasks.get(task, ())]
 
 
-def _read_yaml(path: Path, what: str) -> dict:
-    if not path.is_file():
-        options = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SweepError(f"unknown {what} '{path.stem}': no {path}; valid: {', '.join(options)}")
+def _read_yaml(group: str, name: str) -> tuple[Path, dict]:
+    """harness/conf/<group>/<name>.yaml (a profile, a cluster) and its mapping; a name leading out of the group's
+    folder (`../x`) is an unknown one."""
+    folder = CONF_DIR / group
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: YAML syntax error: {err}") from err
+        path = under(folder, f"{name}.yaml")
+    except ValueError:
+        path = None
+    if path is None or not path.is_file():
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SweepError(f"unknown {group} '{name}': no {folder / f'{name}.yaml'}; valid: {', '.join(options)}")
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise SweepError(f"{path}: expected a mapping at the top level")
-    return data
+    return path, data
 
 
 def load_profile(name: str | None) -> Profile:
     if not name:
         return Profile("none")
-    path = CONF_DIR / "profile" / f"{name}.yaml"
-    data = _read_yaml(path, "profile")
+    path, data = _read_yaml("profile", name)
     valid = ("overrides", "tasks", "replace", "cluster", "stage_cluster", "seeds", "baselines")
     unknown = set(data) - set(valid)
     if unknown:
@@ -155,7 +157,7 @@ def load_profile(name: str | None) -> Profile:
         overrides=overrides(data.get("overrides"), "overrides"),
         tasks={k: overrides(v, f"tasks.{k}") for k, v in (data.get("tasks") or {}).items()},
         replace={k: overrides(v, f"replace.{k}") for k, v in (data.get("replace") or {}).items()},
-        cluster=_check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
+        cluster=check_cluster(data.get("cluster") or {}, f"{path}: cluster"),
         stage_cluster=data.get("stage_cluster", True),
         seeds=_check_seeds(data.get("seeds") or {}, path),
         baselines=_check_baselines(data.get("baselines") or {}, path),
@@ -184,15 +186,8 @@ def _check_baselines(baselines: Any, path: Path) -> dict[str, tuple[str, ...]]:
 
 def load_cluster(name: str) -> dict[str, Any]:
     """A cluster profile (harness/conf/cluster/NAME.yaml): partition, GPUs, time limit... for submitit."""
-    path = CONF_DIR / "cluster" / f"{name}.yaml"
-    return _check_cluster(_read_yaml(path, "cluster"), str(path))
-
-
-def _check_cluster(settings: dict, where: str) -> dict:
-    for key in settings:
-        if key not in CLUSTER_KEYS:
-            raise SweepError(f"{where}: unknown cluster setting '{key}'; valid: {', '.join(CLUSTER_KEYS)}")
-    return dict(settings)
+    path, data = _read_yaml("cluster", name)
+    return check_cluster(data, str(path))
 
 
 class _Compiler:
@@ -333,7 +328,7 @@ class _Compiler:
                 if k not in stage_keys:
                     raise SweepError(
                         f"{sweep.path}: cells[{i}].keys.{k}: stage '{cell.stage}' has no key '{k}' "
-                        f"(its keys: {', '.join(sorted(stage_keys))})"
+                        f"(its keys: {', '.join(sorted(stage_keys)) or 'none'})"
                     )
                 if v not in stage_keys[k]:
                     raise SweepError(
@@ -363,11 +358,12 @@ def compile_sweeps(
     before from the very same inputs (see `_cache_key`: sweep files, config tree, code, catalogue, library versions,
     arguments) is read back instead.
     """
+    _check_names(sweeps)
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     for item in overrides:
         check_override(item)
-    cluster_cli = _check_cluster(dict(cluster_overrides or {}), "command line: cluster")
+    cluster_cli = check_cluster(dict(cluster_overrides or {}), "command line: cluster")
     results = Path(results).resolve()
     path = None
     if cache is not None:
@@ -376,7 +372,7 @@ def compile_sweeps(
         if path.exists():
             try:
                 return Graph(sweeps=list(sweeps), jobs=_read_jobs(path))
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
                 pass  # a damaged cache file: compile again
     compiler = _Compiler(results, profile, dict(cluster or {}), cluster_cli, tuple(overrides))
     for sweep in sweeps:
@@ -384,6 +380,20 @@ def compile_sweeps(
     if path is not None:
         _write_jobs(path, compiler.jobs)
     return Graph(sweeps=list(sweeps), jobs=compiler.jobs)
+
+
+def _check_names(sweeps: list[Sweep]) -> None:
+    """A sweep's name keys its jobs' references (`status`, `report`): two files of one name would merge their jobs."""
+    seen: dict[str, Sweep] = {}
+    for sweep in sweeps:
+        if sweep.name not in seen:
+            seen[sweep.name] = sweep
+            continue
+        first = seen[sweep.name]
+        if Path(first.path).resolve() == Path(sweep.path).resolve():
+            raise SweepError(f"{sweep.path}: given twice: name each sweep file once")
+        raise SweepError(f"{sweep.path}: name '{sweep.name}' is also the name of {first.path}: the two would merge "
+                         "their jobs in status and report; give each sweep file its own name")  # fmt: skip
 
 
 # Compiling 10,000 jobs costs seconds; plan / status / report read a compiled graph back when nothing changed.

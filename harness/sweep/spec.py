@@ -3,12 +3,19 @@
     sweep = load_sweep("sweeps/smoke.yaml")   # parsed and checked; SweepError names the file, the key, the fix
 
 The schema is documented in sweeps/README.md. This module only reads and checks the file's structure; turning the
-stages into jobs (configs, identities, upstream links) is `harness.sweep.graph`.
+stages into jobs (configs, identities, upstream links) is `harness.sweep.graph`. What it refuses besides the schema:
+a mapping with the same key twice (YAML keeps the last one silently), a sweep or figure `name` that is not a simple
+name (it becomes a folder or file of the report: `NAME`), a `paper` / `tolerance` that is not a finite number (or a
+negative tolerance), two cells for the same jobs and metric, and a cluster value with a control character (a newline
+would add a line, an `#SBATCH` option even, to the job script).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +23,12 @@ from typing import Any
 import yaml
 
 from harness.config import CONF_DIR, TASKS
+from harness.io import under
 from harness.sweep.expression import check_expression
 
 __all__ = [
-    "CLUSTER_KEYS", "Block", "Cell", "Claim", "Figure", "Stage", "Sweep", "SweepError", "check_override", "load_sweep",
+    "CLUSTER_KEYS", "NAME", "Block", "Cell", "Claim", "Figure", "Stage", "Sweep", "SweepError", "check_cluster",
+    "check_override", "load_sweep", "read_yaml",
 ]  # fmt: skip
 
 TOP_KEYS = (
@@ -53,6 +62,9 @@ FIGURE_KEYS = (
     "name", "kind", "stage", "metric", "x", "hue", "facet", "rows", "cols", "title", "logx", "xlabel", "ylabel",
 )  # fmt: skip
 FIGURE_KINDS = ("line", "bar", "heatmap")
+# A name that becomes a folder or a file (reports/<sweep name>/<figure name>.png): no separator, no `..`, not hidden.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_RULE = "a simple name of letters, digits, '_', '.' and '-', not starting with '.' or '-'"
 METRICS = (
     "top1", "top5", "best_top1", "best_top5", "final_loss", "gpu_hours", "device_hours", "wall_clock_s",
     "wall_clock_hours",                                                     # wall_clock_s / 3600 (T6's "Hours")
@@ -156,15 +168,70 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"{path}: no such sweep file")
-    text = path.read_text()
+    return _Reader(path).sweep(read_yaml(path))
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping that names a key twice (not a syntax error: the message says so)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice, where PyYAML keeps the last one silently.
+    A key given explicitly beside a merged one (`<<: *defaults`) still overrides it, as YAML means."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader says so
+                continue
+            if first is not key_node.start_mark:
+                raise _DuplicateKey(problem=f"duplicate key {key!r} (first at line {first.line + 1}): a key may "
+                                    "appear once in a mapping", problem_mark=key_node.start_mark)  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML file `path`, parsed safely; SweepError with `path:line:column` on a syntax error or a duplicate key."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a yaml.SafeLoader: plain data only
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err)
-        raise SweepError(f"{where}: YAML syntax error: {problem}") from err
-    return _Reader(path).sweep(data)
+        kind = "YAML" if isinstance(err, _DuplicateKey) else "YAML syntax error"
+        raise SweepError(f"{where}: {kind}: {problem}") from err
+
+
+def check_cluster(settings: dict, where: str, error=SweepError) -> dict:
+    """Cluster settings (harness/conf/cluster/*.yaml keys): known keys, and values on one line. A string anywhere in a
+    value (`setup` lines, `additional` options and their names) with a control character is refused: a newline in
+    `partition` would add a line to the job script, an `#SBATCH` option even."""
+
+    def one_line(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                one_line(k, key)
+                one_line(v, f"{key}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                one_line(v, f"{key}[{i}]")
+        elif isinstance(value, str) and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+            raise error(f"{where}: {key}: {value!r} holds a control character (a newline, a tab, ...): "
+                        "a cluster setting is one line of text")  # fmt: skip
+
+    if not isinstance(settings, dict):
+        raise error(f"{where}: expected a mapping of cluster settings, got {settings!r}")
+    for key, value in settings.items():
+        if key not in CLUSTER_KEYS:
+            raise error(f"{where}: unknown cluster setting '{key}'; {_closest(str(key), CLUSTER_KEYS)}"
+                        f"valid: {', '.join(CLUSTER_KEYS)}")  # fmt: skip
+        one_line(value, key)
+    return dict(settings)
 
 
 def check_override(item: str, error=SweepError) -> None:
@@ -172,7 +239,10 @@ def check_override(item: str, error=SweepError) -> None:
     if "=" not in item:
         raise error(f"'{item}' is not an override: expected key=value or group=option")
     key, value = item.split("=", 1)
-    group = CONF_DIR / key.lstrip("+~")
+    try:
+        group = under(CONF_DIR, key.lstrip("+~"))
+    except ValueError:  # `../x=1`: no group of harness/conf; Hydra refuses the key when the job is composed
+        return
     if group.is_dir() and "." not in key:
         options = sorted(p.stem for p in group.glob("*.yaml"))
         if value not in options:
@@ -249,8 +319,9 @@ class _Reader:
         if not isinstance(claims_data, list):
             raise self.error("claims", "expected a list of claims")
         claims = tuple(self.claim(i, c, cells) for i, c in enumerate(claims_data))
+        self.distinct(cells, figures)
         return Sweep(
-            name=str(data.get("name") or self.path.stem),
+            name=self.name(data.get("name"), "name", self.path.stem),
             path=self.path,
             title=str(data.get("title") or self.path.stem),
             source=data.get("source"),
@@ -261,6 +332,33 @@ class _Reader:
             figures=figures,
             claims=claims,
         )
+
+    def name(self, value: Any, where: str, default: str) -> str:
+        """A name that becomes a folder or a file of the report: `NAME` (`..`, `/` or an absolute path would put
+        it outside `--out`). The default (the file's name, `figure<i>`) is held to the same rule."""
+        if value is None or value == "":
+            if not NAME.fullmatch(default):
+                raise self.error(where, f"missing, and the default {default!r} is not {NAME_RULE}: give a name")
+            return default
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            raise self.error(where, f"expected {NAME_RULE} (it names a folder or file of the report), got {value!r}")
+        return value
+
+    def distinct(self, cells: tuple[Cell, ...], figures: tuple[Figure, ...]) -> None:
+        """Two cells of the same jobs and metric are one table cell given twice (the report would keep one paper
+        value and list both rows); two figures of one name would overwrite each other's files."""
+        seen: dict[tuple, int] = {}
+        for i, cell in enumerate(cells):
+            first = seen.setdefault((cell.stage, cell.metric, tuple(sorted(cell.keys.items()))), i)
+            if first != i:
+                raise self.error(f"cells[{i}]", f"the same cell as cells[{first}] (stage {cell.stage}, metric "
+                                 f"{cell.metric}, keys {cell.keys}): give each table cell once")  # fmt: skip
+        names: dict[str, int] = {}
+        for i, figure in enumerate(figures):
+            first = names.setdefault(figure.name, i)
+            if first != i:
+                raise self.error(f"figures[{i}].name", f"'{figure.name}' is also the name of figures[{first}]: "
+                                 "each figure needs its own name (its files are <name>.png, .svg)")  # fmt: skip
 
     def claim(self, i: int, spec: Any, cells: tuple[Cell, ...]) -> Claim:
         """`cells: {name: {stage, metric, <key>: <label>...}}` must each select exactly one cell of the sweep."""
@@ -304,14 +402,17 @@ class _Reader:
         metric = spec.get("metric", "top1")
         if metric not in METRICS:
             raise self.error(f"{where}.metric", f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
-        return Figure(**{"name": f"figure{i + 1}", **spec, "metric": metric, "logx": bool(spec.get("logx"))})
+        name = self.name(spec.get("name"), f"{where}.name", f"figure{i + 1}")
+        return Figure(**{**spec, "name": name, "metric": metric, "logx": bool(spec.get("logx"))})
 
     def stage(self, name: str, spec: Any) -> Stage:
         where = f"stages.{name}"
         spec = self.mapping(spec, where, STAGE_KEYS)
         task = spec.get("task", name)
         if task not in TASKS:
-            raise self.error(f"{where}.task", f"unknown task '{task}'; {_closest(str(task), TASKS)}valid: {TASKS}")
+            raise self.error(
+                f"{where}.task", f"unknown task '{task}'; {_closest(str(task), TASKS)}valid: {', '.join(TASKS)}"
+            )
         grid = spec.get("grid")
         blocks_data = grid if isinstance(grid, list) else [grid or {}]
         blocks = tuple(
@@ -324,7 +425,11 @@ class _Reader:
             task=task,
             overrides=self.overrides(spec.get("overrides"), f"{where}.overrides"),
             blocks=blocks,
-            cluster=self.mapping(spec.get("cluster"), f"{where}.cluster", CLUSTER_KEYS),
+            cluster=check_cluster(
+                self.mapping(spec.get("cluster"), f"{where}.cluster", CLUSTER_KEYS),
+                f"{where}.cluster",
+                lambda message: SweepError(f"{self.path}: {message}"),
+            ),
             blocked=blocked,
         )
 
@@ -423,8 +528,13 @@ class _Reader:
                 f"unknown metric '{metric}'; {_closest(str(metric), METRICS)}valid: {', '.join(METRICS)}",
             )
         for key in ("paper", "tolerance"):
-            if spec.get(key) is not None and not isinstance(spec[key], (int, float)):
-                raise self.error(f"{where}.{key}", f"expected a number, got {spec[key]!r}")
+            value = spec.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise self.error(f"{where}.{key}", f"expected a finite number (or null: none), got {value!r}")
+            if key == "tolerance" and value < 0:
+                raise self.error(f"{where}.{key}", f"expected a number >= 0 (points either side), got {value!r}")
         return Cell(
             stage=stage,
             keys={str(k): str(v) for k, v in self.mapping(spec.get("keys"), f"{where}.keys").items()},
