@@ -12,6 +12,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +37,11 @@ TASK_RUN_DIR = re.compile(r"(?:^|/)((?:pretrain|finetune|linear|detect|segment)/
 __all__ = [
     "CONF_DIR",
     "TASKS",
+    "VALUES",
     "Composer",
     "ConfigError",
     "Derived",
+    "check_values",
     "compose",
     "config_hash",
     "derived",
@@ -120,8 +123,8 @@ def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
         return hydra_compose("config", overrides=list(overrides))
 
 
-# Keys `_validate` and the resolvers (`${catalog:...}`, `${parity:...}`) read: an override of one of them always goes
-# through `compose`.
+# Keys `_validate`'s own checks and the resolvers (`${catalog:...}`, `${parity:...}`) read: an override of one of them
+# always goes through `compose`. (`check_values` checks the whole result of the Composer's fast path too.)
 VALIDATED_KEYS = ("task", "method", "optim.lr", "optim.blr", "optim.batch_size", "optim.accum_steps", "run.amp")
 RESOLVER_KEYS = ("data.name", "data.stands_in_for", "data.subset", "data.stand_in")
 
@@ -227,35 +230,47 @@ class Composer:
             if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
                 return OmegaConf.to_container(compose(overrides), resolve=True)  # Hydra says what is wrong
             node[leaf] = copy.deepcopy(value)
+        if tail:
+            check_values(out)
         return out
 
 
 def _explain(err: Exception, overrides: Sequence[str]) -> str:
-    """Hydra's message (which lists a group's options) plus the closest valid key for a misspelt override."""
-    message = str(err).strip()
+    """Hydra's or OmegaConf's error in one line: what is wrong (a group's options, the closest valid key for a misspelt
+    override, the recipe a dataset lacks), without Hydra's search path and grammar links."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option in harness/conf/{group}/; valid: {', '.join(sorted(err.options))}"
+    if isinstance(err, OverrideParseException):
+        lines = err.message.strip().splitlines()
+        return f"{err.override}: not a valid override ({lines[0]}; expected key=value, group=option or +key=value)"
+    lines = [line.strip() for line in str(err).strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("full_key:", "object_type=", "To append"))]
+    message = re.sub(r"^\w+ raised while resolving interpolation: ", "", "; ".join(lines))
     if "Interpolation key 'recipe." in message:
         recipes = ", ".join(sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml")))
         message += (
-            "\n  this dataset has no fine-tuning recipe (unlabelled: pre-training only); "
+            "; this dataset has no fine-tuning recipe (unlabelled: pre-training only); "
             f"pick one with recipe=NAME ({recipes})"
         )
     base = OmegaConf.load(CONF_DIR / "config.yaml")
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
-        if (CONF_DIR / key).is_dir():
+        if (CONF_DIR / key).is_dir() or f"'{key}'" not in message:
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
         if isinstance(node, DictConfig) and leaf not in node:
             close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
-            if close:
-                message += f"\n  unknown key '{key}': did you mean '{(parent + '.') if parent else ''}{close[0]}'?"
+            guess = f": did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+            message = f"unknown key '{key}'{guess} (a new key is added with +{key}=VALUE)"
     return message
 
 
 def _validate(cfg: DictConfig) -> None:
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {cfg.task!r}")
+    check_values(cfg)
     heads = {"finetune": ("classifier",), "linear": ("linear", "pixels"), "detect": ("mask_rcnn",)}
     heads["segment"] = ("upernet",)
     allowed = heads.get(cfg.task)
@@ -263,10 +278,6 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task={cfg.task} trains method={' or '.join(allowed)}, not method={cfg.method.name}")
     if cfg.optim.lr is None and cfg.optim.blr is None:
         raise ConfigError("set optim.lr (absolute) or optim.blr (scaled by batch_size / 256)")
-    if cfg.optim.batch_size % cfg.optim.accum_steps:
-        raise ConfigError(f"optim.batch_size {cfg.optim.batch_size} is not a multiple of accum_steps")
-    if cfg.run.amp not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"run.amp must be auto, bf16, fp16 or fp32, got {cfg.run.amp!r}")
     tokenizer = cfg.method.args.get("tokenizer")
     if tokenizer is not None and not isinstance(tokenizer, DictConfig):
         names = ", ".join(sorted(p.stem for p in (CONF_DIR / "tokenizer").glob("*.yaml")))
@@ -274,6 +285,161 @@ def _validate(cfg: DictConfig) -> None:
             f"method.args.tokenizer={tokenizer}: a tokenizer is a config group with its own arguments; select it with "
             f"tokenizer={tokenizer} (harness/conf/tokenizer/: {names})"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values: what each key takes. `compose` and the Composer (so `harness plan`, `run` and `train`) refuse anything else
+# with the key, the value and what was expected, before a job is planned or run.
+@dataclass(frozen=True)
+class Number:
+    """A number (an int when `integer`) in [low, high]; `above` / `below` exclude an end; `optional`: null too."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    optional: bool = False
+    above: bool = False
+    below: bool = False
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.below else value <= self.high)
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.above else "[", ")" if self.below else "]"
+            text = f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.above else '>='} {self.low:g}"
+        else:
+            text = kind
+        return text + (", or null" if self.optional else "")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    options: tuple
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, str) and value in self.options
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(self.options)
+
+
+POSITIVE, POSITIVE_INT = Number(0, above=True), Number(0, above=True, integer=True)
+NON_NEGATIVE, COUNT = Number(0), Number(0, integer=True)
+PROBABILITY, FRACTION = Number(0, 1), Number(0, 1, below=True)  # [0, 1] and [0, 1)
+SOME = Number(0, above=True, integer=True, optional=True)  # a count, or null: all of them / no limit
+
+# Keys absent from a job's config (a method's own arguments) are not checked.
+VALUES: dict[str, Number | OneOf] = {
+    "task": OneOf(TASKS),
+    "seed": COUNT,
+    "data.img_size": POSITIVE_INT,
+    "data.subset.fraction": Number(0, 1, above=True, optional=True),
+    "data.subset.per_class": SOME,
+    "data.subset.seed": COUNT,
+    "data.mim.mask_ratio": Number(0, 1, above=True, below=True),
+    "data.mim.mask_pattern": OneOf(("block", "random")),
+    "method.args.mask_ratio": Number(0, 1, above=True, below=True),
+    "method.args.vocab_size": POSITIVE_INT,
+    "method.args.temperature": POSITIVE,
+    "method.args.momentum_teacher": PROBABILITY,
+    "method.args.num_local_crops": COUNT,
+    "model.args.patch_size": POSITIVE_INT,
+    "model.args.embed_dim": POSITIVE_INT,
+    "model.args.depth": POSITIVE_INT,
+    "model.args.num_heads": POSITIVE_INT,
+    "model.args.mlp_ratio": POSITIVE,
+    "model.args.drop_path_rate": FRACTION,
+    "model.args.layer_scale_init": Number(0, above=True, optional=True),
+    "optim.epochs": POSITIVE,
+    "optim.epoch_scale": POSITIVE,
+    "optim.max_iters": SOME,
+    "optim.batch_size": POSITIVE_INT,
+    "optim.accum_steps": POSITIVE_INT,
+    "optim.lr": Number(0, optional=True),
+    "optim.blr": Number(0, optional=True),
+    "optim.min_lr": NON_NEGATIVE,
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.weight_decay_end": Number(0, optional=True),
+    "optim.clip_grad": Number(0, above=True, optional=True),
+    "optim.layer_decay": Number(0, 1, above=True, optional=True),
+    "optim.schedule.warmup_iters": COUNT,
+    "aug.hflip": PROBABILITY,
+    "aug.reprob": PROBABILITY,
+    "aug.mixup": NON_NEGATIVE,
+    "aug.cutmix": NON_NEGATIVE,
+    "aug.label_smoothing": FRACTION,
+    "aug.crop_pct": Number(0, 1, above=True),
+    "linear.layer": POSITIVE_INT,
+    "linear.solver": OneOf(("sgd", "lbfgs")),
+    "linear.folds": Number(2, integer=True),
+    "linear.tol": POSITIVE,
+    "linear.max_iter": POSITIVE_INT,
+    "knn.k": POSITIVE_INT,
+    "knn.temperature": POSITIVE,
+    "knn.pool": OneOf(("avg", "cls", "cls_avg")),
+    "knn.train_per_class": SOME,
+    "eval.every_epochs": POSITIVE,
+    "eval.per_class": SOME,
+    "loader.workers": COUNT,
+    "loader.eval_batch_size": SOME,
+    "run.amp": OneOf(("auto", "bf16", "fp16", "fp32")),
+    "run.device": OneOf(("auto", "cpu", "cuda")),
+    "log.every": POSITIVE_INT,
+    "log.checkpoint_every": POSITIVE_INT,
+    "log.progress": OneOf(("auto", "bar", "plain", "none")),
+    "log.stop_after": SOME,
+}
+# (a, b, why, unless): the value of `a` must be a multiple of the value of `b`, unless the key `unless` is true.
+MULTIPLES = (
+    ("data.img_size", "model.args.patch_size", "the image is cut into whole patches", "model.args.dynamic_img_size"),
+    ("model.args.embed_dim", "model.args.num_heads", "each attention head gets an equal part of the width", None),
+    ("optim.batch_size", "optim.accum_steps", "each accumulation step gets an equal part of the batch", None),
+)
+_MISSING = object()
+
+
+def _get(node, key: str):
+    """The value at dotted `key` of a config or plain dict; _MISSING when absent. A value where a section is expected
+    (`optim=3`) is an error."""
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, (dict, DictConfig)):
+            section = ".".join(parts[:depth])
+            raise ConfigError(f"{section}={_show(node)}: expected a section of keys ({section}.KEY=VALUE), got a value")
+        if part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _show(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_values(cfg: DictConfig | dict) -> None:
+    """Every key of `VALUES` holds what it must, and `MULTIPLES` divide (a ConfigError naming the key otherwise)."""
+    for key, rule in VALUES.items():
+        value = _get(cfg, key)
+        if value is not _MISSING and not rule.accepts(value):
+            kind = " (a string)" if isinstance(value, str) and isinstance(rule, Number) else ""
+            raise ConfigError(f"{key}={_show(value)}{kind}: expected {rule}")
+    for a, b, why, unless in MULTIPLES:
+        va, vb = _get(cfg, a), _get(cfg, b)
+        if va is not _MISSING and vb is not _MISSING and va % vb and not (unless and _get(cfg, unless) is True):
+            raise ConfigError(f"{a}={va} is not a multiple of {b}={vb}: {why}")
 
 
 # The ViT arguments a downstream job (fine-tuning, probe) takes from the pre-training whose encoder it starts from.
@@ -284,7 +450,11 @@ def encoder_overrides(upstream: dict | DictConfig) -> list[str]:
     """`model.args.KEY=VALUE` overrides that give a downstream job the encoder of its upstream pre-training (a
     resolved config): the same shape, and LayerScale where the pre-training had it, as BEiT fine-tunes its encoders.
     They go before the job's own overrides, which may still change them."""
-    args = upstream["model"]["args"]
+    args = _get(upstream, "model.args")
+    mapping = isinstance(args, (dict, DictConfig))
+    missing = [k for k in INHERITED_ENCODER_ARGS if not mapping or k not in args]
+    if missing:
+        raise ConfigError(f"not the config of a pre-training: no model.args.{missing[0]}")
     return [f"model.args.{k}={'null' if args[k] is None else args[k]}" for k in INHERITED_ENCODER_ARGS]
 
 
@@ -339,13 +509,16 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
 
 
 def load_config(path: str | Path) -> DictConfig:
-    """A saved `config.yaml` (read with yaml.safe_load semantics by OmegaConf), read-only."""
+    """A saved `config.yaml` (read with yaml.safe_load semantics by OmegaConf), read-only; a ConfigError in one line
+    when it is missing, unreadable or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no config at {path}: expected the config.yaml of a run folder")
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:
-        raise ConfigError(f"{path}: not a readable YAML config ({err})") from err
+        raise ConfigError(f"{path}: not a readable YAML config ({' '.join(str(err).split())})") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: not a readable YAML config (a {type(cfg).__name__}, not a mapping of keys)")
     OmegaConf.set_readonly(cfg, True)
     return cfg

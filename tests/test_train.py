@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 
 import model
 from harness.config import ConfigError, compose, config_hash, derived
-from harness.train import checkpoint
+from harness.train import TrainingError, checkpoint
 from harness.train.entry import TrainJob
 from harness.train.loop import NonFiniteLossError, train
 from tests.helpers import needs_data
@@ -28,6 +29,8 @@ TINY = [
     "log.every=1",
     "log.progress=none",
 ]
+# The same without the evaluations that cost the most at this size (a pre-training's k-NN on 10,000 test images).
+FAST = [*TINY, "knn.after_pretrain=false", "eval.per_class=2"]
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -107,7 +110,7 @@ def test_pretrain_writes_a_complete_run_folder(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_exact(tmp_path, workers):
     """Stopped after 4 steps (mid-epoch 1) and resumed, a run logs the same losses as one that never stopped."""
-    overrides = [*TINY, "optim.epochs=2", f"loader.workers={workers}"]
+    overrides = [*FAST, "optim.epochs=2", f"loader.workers={workers}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(compose(overrides), straight)
     assert train(compose([*overrides, "log.stop_after=4"]), resumed) is None
@@ -132,11 +135,36 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(model.SplitMask, "forward", poisoned)
     cfg = compose([*TINY, "optim.epochs=2", "log.every=100", "log.checkpoint_every=3"])
-    with pytest.raises(NonFiniteLossError, match="iteration 8"):
+    with pytest.raises(NonFiniteLossError, match="iteration 8") as stopped:
         train(cfg, tmp_path)
-    state = checkpoint.load_latest(tmp_path)
+    state = checkpoint.load_latest(tmp_path)[1]
     assert state["it"] == 6  # the end-of-epoch checkpoint; nothing was written after step 8
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    # Issue 15.8: a TrainingError (one message, no traceback), the cause first, then the hint.
+    cause, hint = str(stopped.value).splitlines()
+    assert isinstance(stopped.value, TrainingError)
+    assert "non-finite loss (nan) at iteration 8" in cause and f"{tmp_path / 'last.pt'} (iteration 6)" in cause
+    assert "hint:" in hint and "optim.lr" in hint
+
+
+@needs_data
+def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path, monkeypatch):
+    """Issue 15.8: the message named a last.pt that did not exist."""
+    calls = {"n": 0}
+    forward = model.SplitMask.forward
+
+    def poisoned(self, *args, **kwargs):
+        loss, logs = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("inf") if calls["n"] >= 2 else loss), logs
+
+    monkeypatch.setattr(model.SplitMask, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError) as stopped:
+        train(compose([*FAST, "optim.epochs=1"]), tmp_path)
+    cause = str(stopped.value).splitlines()[0]
+    assert "non-finite loss (inf) at iteration 2" in cause and "after a logged loss of" in cause
+    assert "no checkpoint was written before it" in cause and "last.pt" not in cause
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -144,7 +172,77 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     checkpoint.save(tmp_path, {"it": 2})
     (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:40])  # truncated
     with pytest.warns(UserWarning, match="unreadable"):
-        assert checkpoint.load_latest(tmp_path)["it"] == 1
+        assert checkpoint.load_latest(tmp_path)[1]["it"] == 1
+
+
+@needs_data
+def test_a_checkpoint_due_at_an_epoch_end_is_written_once(tmp_path, monkeypatch):
+    """Issue 15.2: `checkpoint_every` on an epoch end wrote it twice, so last.pt and prev.pt held one iteration."""
+    saved, save = [], checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda run_dir, state, **kw: saved.append(state["it"]) or save(
+        run_dir, state, **kw))  # fmt: skip
+    train(compose([*FAST, "optim.epochs=2", "log.checkpoint_every=3"]), tmp_path)  # 6 steps an epoch
+    assert saved == [3, 6, 9, 12]
+    its = {name: torch.load(tmp_path / name, weights_only=True)["it"] for name in checkpoint.CHECKPOINT_NAMES}
+    assert its == {"last.pt": 12, "prev.pt": 9}
+
+
+@needs_data
+def test_preemption_signal_mid_step_checkpoints_at_the_step_boundary_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """Issue 15.19: submitit's preemption signal (USR2) arrives inside step 4's forward. The job's handler is called
+    only once step 4 is whole and checkpointed (a stand-in for submitit's here: it requeues and exits). Resumed,
+    the run logs what an uninterrupted one logs, the logging interval open at the signal included (log.every=5)."""
+    overrides = [*FAST, "optim.epochs=2", "log.every=5", "log.checkpoint_every=100"]
+    straight = train(compose(overrides), tmp_path / "straight")
+    run = tmp_path / "preempted"
+    seen = []
+
+    def submitit_handler(signum, frame):  # what submitit does: checkpoint() the job, requeue it, sys.exit(-1)
+        seen.append((signum, torch.load(run / "last.pt", weights_only=True)["it"]))
+        raise SystemExit(-1)
+
+    calls, forward = {"n": 0}, model.SplitMask.forward
+
+    def preempted_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.SplitMask, "forward", preempted_forward)
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            train(compose(overrides), run)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [(signal.SIGUSR2, 4)] and calls["n"] == 4  # no step after the signal's
+    monkeypatch.setattr(model.SplitMask, "forward", forward)
+    capsys.readouterr()
+    resumed = train(compose([*overrides, "log.progress=plain"]), run)
+    assert "resuming from iteration 4 of 12" in capsys.readouterr().out  # issue 15.18
+    assert resumed["final_loss"] == straight["final_loss"]
+    assert _losses(run) == _losses(tmp_path / "straight")
+    assert [r["it"] for r in _metrics(run)] == [5, 10, 12]
+
+
+@needs_data
+def test_a_corrupt_result_is_moved_aside_and_the_job_done_again_without_training(tmp_path, capsys):
+    """Issue 15.4: a truncated result.json made every retry fail (JSONDecodeError); one that parsed but was not an
+    object of numbers counted as done. Each is set aside, and the finished job only writes its result again."""
+    config = OmegaConf.to_container(compose(["task=finetune", *FAST, "optim.max_iters=3"]))
+    first = TrainJob()(config, str(tmp_path))
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    keys = ("top1", "top5", "best_top1", "final_epoch", "final_loss", "iterations")
+    assert first["final_loss"] is not None
+    for corrupt in ('{"top1": 12.5, "top5"', "[1, 2]", '{"top1": "abc"}'):
+        (tmp_path / "result.json").write_text(corrupt)
+        again = TrainJob()(config, str(tmp_path))
+        assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
+        assert json.loads((tmp_path / "result.json").read_text()) == again
+        assert (tmp_path / "result.json.corrupt").read_text() == corrupt
+        assert "moved to result.json.corrupt" in capsys.readouterr().err
+        assert (tmp_path / "metrics.jsonl").read_text() == metrics  # nothing trained again
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,7 +280,7 @@ def test_finetune_and_linear_probe_start_from_a_pretraining_run(tmp_path):
     from harness.config import encoder_overrides, load_config
 
     pre = tmp_path / "pre"
-    train(compose([*TINY, "optim.epochs=1"]), pre)
+    train(compose([*FAST, "optim.epochs=1"]), pre)
     saved = torch.load(pre / "encoder.harness.pt", weights_only=True)
     assert "mask_token" not in saved["state_dict"] and saved["args"]["layer_scale_init"] == 0.1
 
@@ -208,7 +306,7 @@ def test_encoder_pt_loads_strictly_into_plain_timm_and_computes_the_same_feature
     import timm
     from safetensors.torch import load_file
 
-    train(compose([*TINY, "optim.max_iters=2"]), tmp_path)
+    train(compose([*FAST, "optim.max_iters=2"]), tmp_path)
     args = torch.load(tmp_path / "encoder.harness.pt", weights_only=True)["args"]
     mine = model.ViT(**args).eval()
     mine.load_state_dict(torch.load(tmp_path / "encoder.harness.pt", weights_only=True)["state_dict"], strict=False)
@@ -240,7 +338,7 @@ def test_every_kind_of_job_is_rebuilt_from_its_config_yaml_alone(tmp_path, overr
     from harness.config import load_config
     from harness.train.build import build_model
 
-    train(compose([*TINY, "optim.max_iters=1", "eval.per_class=2", *overrides]), tmp_path)
+    train(compose([*FAST, "optim.max_iters=1", *overrides]), tmp_path)
     rebuilt = build_model(load_config(tmp_path / "config.yaml"))
     rebuilt.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True)["model"], strict=True)
 
@@ -262,7 +360,7 @@ def test_options_a_pipeline_would_not_read_are_refused():
 @needs_data
 def test_a_finished_job_returns_its_result_without_training_again(tmp_path):
     """A requeue racing the end of a job (submitit calls the job again) reads the result instead of retraining."""
-    config = OmegaConf.to_container(compose([*TINY, "optim.max_iters=1"]))
+    config = OmegaConf.to_container(compose([*FAST, "optim.max_iters=1"]))
     first = TrainJob()(config, str(tmp_path))
     mtime = (tmp_path / "last.pt").stat().st_mtime_ns
     assert TrainJob()(config, str(tmp_path)) == first
@@ -279,10 +377,31 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> Non
     from harness.train.loop import Trainer
 
     ctx = distributed.setup("cpu")
-    trainer = Trainer(compose([*TINY, "optim.epochs=1"]), Path(run_dir), ctx)
+    trainer = Trainer(compose([*FAST, "optim.epochs=1"]), Path(run_dir), ctx)
     trainer.run()
     torch.save(trainer.net.state_dict(), Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
+
+
+def _locked_ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        train(compose(["loader.workers=0", "log.progress=none"]), run_dir)
+    except checkpoint.RunLockedError as err:
+        (Path(out) / f"rank{rank}.txt").write_text(str(err))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_rank_stops_when_its_run_folder_is_locked(tmp_path):
+    """Issue 15.3 under torchrun: rank 0 finds the folder locked, and no rank is left waiting for it."""
+    port = 29500 + (os.getpid() + 7) % 1000
+    with checkpoint.lock_run_dir(tmp_path / "run"):
+        mp.spawn(_locked_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    assert f"in use by pid {os.getpid()}" in (tmp_path / "rank0.txt").read_text()
+    assert "rank 0 found it locked" in (tmp_path / "rank1.txt").read_text()
 
 
 @needs_data
@@ -313,7 +432,7 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     ids=["beit", "dino", "supervised", "splitmask-kmeans", "splitmask-small-set-recipe"],
 )
 def test_every_pretraining_method_runs_through_the_loop(tmp_path, overrides):
-    result = train(compose([*TINY, "optim.epochs=1", *overrides]), tmp_path)
+    result = train(compose([*FAST, "optim.epochs=1", *overrides]), tmp_path)
     assert result["iterations"] == 6 and np.isfinite(result["final_loss"])
     saved = torch.load(tmp_path / "encoder.harness.pt", weights_only=True)
     assert saved["args"]["img_size"] == 28 and "pos_embed" in torch.load(tmp_path / "encoder.pt", weights_only=True)
@@ -334,7 +453,7 @@ def test_cli_reports_bad_config_without_a_traceback(capsys):
 def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     """The CUDA default (bf16 autocast) exercised on CPU: finite losses, fp32 master weights and checkpoint."""
     result = train(
-        compose([*TINY, "optim.epochs=1", "run.amp=bf16", "data.subset.per_class=4", "optim.batch_size=8"]), tmp_path
+        compose([*FAST, "optim.epochs=1", "run.amp=bf16", "data.subset.per_class=4", "optim.batch_size=8"]), tmp_path
     )
     assert np.isfinite(result["final_loss"])
     state = torch.load(tmp_path / "last.pt", weights_only=True)["model"]

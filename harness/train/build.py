@@ -31,6 +31,8 @@ from harness.data import (
 )
 from harness.data.standins import stand_in
 from harness.io import atomic_write
+from harness.train import RESULT_FILE, TrainingError
+from harness.train.checkpoint import read_checked
 from harness.train.loader import SeededTransformDataset
 from model.tokenizers import RandomPatchesTokenizer
 
@@ -93,7 +95,14 @@ def load_encoder_state(pretrained: str | Path, encoder_args: dict) -> dict:
         raise FileNotFoundError(
             f"no pre-trained encoder at {path}: expected the {_HARNESS_ENCODER} a pre-training run writes"
         )
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = read_checked(path)
+    except Exception as err:  # truncated, garbled: the pre-training must write it again
+        raise TrainingError(
+            f"the pre-trained encoder {path} is unreadable ({type(err).__name__}: {err}); delete "
+            f"{path.parent / RESULT_FILE} so that `harness run` redoes that pre-training (it resumes from its last "
+            "checkpoint and writes the encoder again)"
+        ) from None
     differ = [
         f"{k}={saved['args'][k]} (this job: {encoder_args[k]})"
         for k in ARCHITECTURE_KEYS

@@ -12,7 +12,6 @@ process; the other ranks of a distributed job wait at a barrier.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from harness.config import config_hash, save_config
 from harness.io import atomic_write_json
-from harness.train import RESULT_FILE, distributed
+from harness.train import RESULT_FILE, distributed, read_result
 from harness.train.build import amp_dtype, build_model, frozen_datasets
 from harness.train.logging import MetricsLog, Progress, write_env
 from harness.train.probe import extract_features, knn_classify, linear_probe
@@ -80,8 +79,9 @@ class FrozenProbe:
 
     def run(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        if (self.run_dir / RESULT_FILE).is_file():  # done: a rerun reads its result
-            return json.loads((self.run_dir / RESULT_FILE).read_text())
+        done, _ = read_result(self.run_dir / RESULT_FILE)
+        if done is not None:  # a rerun reads its result (TrainJob has set a corrupt one aside)
+            return done
         started = time.perf_counter()
         distributed.seed_everything(cfg.seed)
         net = build_model(cfg).to(ctx.device).eval()

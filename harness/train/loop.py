@@ -5,15 +5,21 @@ under autocast -> backward (accumulating over micro-batches, DDP syncing only on
 step -> method hook (DINO's EMA). Nothing in the step waits for the device: logged values and the non-finite flag
 stay on it until the logging interval or the next checkpoint.
 
-A run folder is resumable at any time: `last.pt` (every `log.checkpoint_every` steps and at each epoch end) holds
-the model, optimiser, scaler, step, elapsed time, RNG states and the config; the data order and augmentations are a
-function of (seed, epoch, index) (see loader.py), so a resumed run logs the same losses as an uninterrupted one.
+A run folder is resumable at any time: `last.pt` (every `log.checkpoint_every` steps and at each epoch end, once
+when both fall on one step) holds the model, optimiser, scaler, step, elapsed time, RNG states, the logging interval's
+partial sums and the config; the data order and augmentations are a function of (seed, epoch, index) (see
+loader.py), so a resumed run logs the same losses as an uninterrupted one. One process trains in a run folder at a
+time (`checkpoint.lock_run_dir`). The preemption signal is handled at the next step boundary (see `Preemption`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import ConfigError, config_hash, derived, save_config
 from harness.io import atomic_write_json
-from harness.train import RESULT_FILE, checkpoint, distributed, schedules
+from harness.train import RESULT_FILE, TrainingError, checkpoint, distributed, schedules
 from harness.train.build import amp_dtype, build_datasets, build_model, build_optimizer, fit_tokenizer, save_encoder
 from harness.train.frozen import FrozenProbe, frozen_knn
 from harness.train.loader import EpochSampler, build_loader, shard_indices
@@ -34,25 +40,116 @@ from harness.train.logging import MetricsLog, Progress, write_env
 from model.heads import frozen_features
 from model.registry import DENSE_TASKS
 
-__all__ = ["RESULT_FILE", "NonFiniteLossError", "Trainer", "evaluate", "train"]
+__all__ = ["RESULT_FILE", "NonFiniteLossError", "Preempted", "Trainer", "evaluate", "train"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the last checkpoint written before it is intact."""
+
+
+class Preempted(TrainingError):
+    """Stopped by the preemption signal with no submitit to requeue the job: resumable from its checkpoint."""
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Run (or resume) the job in `run_dir`; returns result.json's content, or None when stopped early."""
     ctx = distributed.setup(cfg.run.device)
-    if cfg.task in DENSE_TASKS:  # the same loop, with the dense tasks' data, evaluation and results
-        from harness.train.dense import DenseTrainer
+    with _exclusive(Path(run_dir), ctx):
+        if cfg.task in DENSE_TASKS:  # the same loop, with the dense tasks' data, evaluation and results
+            from harness.train.dense import DenseTrainer
 
-        return DenseTrainer(cfg, Path(run_dir), ctx).run()
-    if cfg.task == "linear" and cfg.linear.solver == "lbfgs":  # solved on frozen features: no training loop
-        return FrozenProbe(cfg, Path(run_dir), ctx).run()
-    if cfg.task == "linear" and cfg.linear.solver != "sgd":
-        raise ConfigError(f"linear.solver must be sgd or lbfgs, got {cfg.linear.solver!r}")
-    return Trainer(cfg, Path(run_dir), ctx).run()
+            return DenseTrainer(cfg, Path(run_dir), ctx).run()
+        if cfg.task == "linear" and cfg.linear.solver == "lbfgs":  # solved on frozen features: no training loop
+            return FrozenProbe(cfg, Path(run_dir), ctx).run()
+        if cfg.task == "linear" and cfg.linear.solver != "sgd":
+            raise ConfigError(f"linear.solver must be sgd or lbfgs, got {cfg.linear.solver!r}")
+        return Trainer(cfg, Path(run_dir), ctx).run()
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path, ctx: distributed.Dist):
+    """The run folder's lock for the job's lifetime, taken by the main process (every rank works in one folder); when
+    it is held elsewhere, every rank stops with RunLockedError (none is left waiting in a collective)."""
+    lock, refused = None, None
+    if ctx.is_main:
+        try:
+            lock = checkpoint.lock_run_dir(run_dir)
+        except checkpoint.RunLockedError as err:
+            refused = err
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([refused is not None], dtype=torch.int32, device=ctx.device)
+        dist.broadcast(flag, src=0)
+        if flag.item() and refused is None:
+            refused = checkpoint.RunLockedError(
+                f"run folder {run_dir} is in use by another job (rank 0 found it locked)"
+            )
+    if refused is not None:
+        raise refused
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+# submitit's preemption and time-out signal (SLURM sends it to every task `signal_delay_s` before the end).
+PREEMPT_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+
+
+class Preemption:
+    """The preemption signal, deferred to the next step boundary while the main process trains steps.
+
+    Installed over submitit's handler (or the default action) on the main process's main thread. While `deferring`
+    (the training steps), the signal is only noted; the loop then checkpoints the finished step and calls `hand_over`:
+    submitit's handler (it requeues the job and exits), or without one, raises `Preempted`. Outside the steps (set-up,
+    evaluations, which may outlast the signal's notice) it is handed over at once: the requeued job resumes from the
+    last checkpoint, which is always whole. Data-loader workers, forked with the handler, ignore the signal. Other
+    ranks keep submitit's handler, which leaves them running until SLURM ends the requeued job's tasks (entry.py)."""
+
+    def __init__(self, is_main: bool) -> None:
+        self.active = is_main and threading.current_thread() is threading.main_thread()
+        self.deferring = False
+        self.pending: tuple[int, object] | None = None
+        self.previous = None
+
+    def __enter__(self) -> Preemption:
+        if self.active:
+            self.previous = signal.getsignal(PREEMPT_SIGNAL)
+            self.active = self.previous is not signal.SIG_IGN and self.previous is not None
+        if self.active:
+            self.pid = os.getpid()
+            signal.signal(PREEMPT_SIGNAL, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(PREEMPT_SIGNAL, self.previous)
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self.pid:  # a data-loader worker (forked with this handler): the main process handles it
+            return
+        if self.deferring:
+            self.pending = signum, frame
+        else:
+            self.hand_over(signum, frame)
+
+    @contextlib.contextmanager
+    def now(self):
+        """A signal inside this block is handed over at once (an evaluation: its length is not bounded by a step)."""
+        deferring, self.deferring = self.deferring, False
+        try:
+            yield
+        finally:
+            self.deferring = deferring
+
+    def hand_over(self, signum: int | None = None, frame=None, where: str = "") -> None:
+        if signum is None:
+            signum, frame = self.pending
+        self.pending = None
+        if callable(self.previous):  # submitit's: requeue and exit (or raise, when the job may not be requeued)
+            self.previous(signum, frame)
+        else:
+            raise Preempted(f"stopped by {signal.Signals(signum).name}{where}; rerun the same job to resume")
 
 
 def _to(batch, device: torch.device):
@@ -131,9 +228,11 @@ class Trainer:
     # -----------------------------------------------------------------------------------------------------------
     def restore(self) -> int:
         """Load the latest checkpoint if there is one; returns the step to start from."""
-        state = checkpoint.load_latest(self.run_dir)
+        found = checkpoint.load_latest(self.run_dir, set_aside=self.ctx.is_main)
         self.elapsed_before, self.evals, self.pending_rng = 0.0, [], None
-        if state is None:
+        self.saved_it, self.resumed_from = None, None  # the iteration last.pt holds; the file resumed from
+        self.last_record, self.log_sums, self.log_since = {}, {}, 0
+        if found is None:
             fit_tokenizer(self.net, self.train_set, self.cfg)
             tokenizer = getattr(self.net, "tokenizer", None)
             if tokenizer is not None and dist.is_available() and dist.is_initialized():
@@ -141,43 +240,64 @@ class Trainer:
                     if buffer.is_floating_point():
                         dist.broadcast(buffer, src=0)
             return 0
+        self.resumed_from, state = found
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.elapsed_before, self.evals = state["elapsed"], list(state["evals"])
         self.pending_rng = state["rng"]
-        return int(state["it"])
+        self.saved_it = int(state["it"])
+        # The last logged record (result.json's final_loss) and the open logging interval (.get: older checkpoints).
+        self.last_record = dict(state.get("last_record", {}))
+        self.log_sums = {k: v.to(self.device) for k, v in state.get("log_sums", {}).items()}
+        self.log_since = int(state.get("log_since", self.saved_it))
+        return self.saved_it
 
     def save(self, it: int) -> None:
-        """`last` checkpoint after `it` optimiser steps (main process), never of a non-finite state."""
+        """`last` checkpoint after `it` optimiser steps (main process), never of a non-finite state. A second one of
+        the same step (its evaluation added after a resume) replaces `last` and keeps `prev`."""
         self.check_finite()
-        if not self.ctx.is_main:
-            return
-        checkpoint.save(
-            self.run_dir,
-            {
-                "model": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "it": it,
-                "elapsed": self.elapsed(),
-                "evals": self.evals,
-                "rng": checkpoint.get_rng_state(),
-                "config": OmegaConf.to_container(self.cfg, resolve=True),
-            },
-        )
+        if self.ctx.is_main:
+            checkpoint.save(self.run_dir, self.state(it), rotate=it != self.saved_it)
+        self.saved_it = it
+
+    def state(self, it: int) -> dict:
+        """Everything a resumed run needs to go on exactly as this one would."""
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "it": it,
+            "elapsed": self.elapsed(),
+            "evals": self.evals,
+            "rng": checkpoint.get_rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "last_record": self.last_record,
+            "log_sums": {k: v.detach().cpu() for k, v in self.log_sums.items()},
+            "log_since": self.log_since,
+        }
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def check_finite(self) -> None:
         first_bad = int(self.first_bad)  # a host sync: only at logging intervals and checkpoints
-        if first_bad >= 0:
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {first_bad + 1} of {self.run_dir}; "
-                f"the last checkpoint before it is kept in {self.run_dir / checkpoint.CHECKPOINT_NAMES[0]}"
-            )
+        if first_bad < 0:
+            return
+        logged = self.last_record.get("loss")
+        before = (
+            f", after a logged loss of {logged:.4g} at iteration {self.last_record['it']}" if logged is not None else ""
+        )
+        if self.saved_it:
+            kept = f"the last checkpoint before it is {self.run_dir / 'last.pt'} (iteration {self.saved_it})"
+        else:
+            kept = "no checkpoint was written before it (a rerun starts afresh)"
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(self.bad_loss)}) at iteration {first_bad + 1} of {self.run_dir}{before}; {kept}\n"
+            f"  hint: this config diverges (a rerun meets the same loss): lower optim.lr (now {self.d.lr:.3g}), "
+            "set optim.clip_grad, or train in run.amp=fp32 (each a new job)"
+        )
 
     # -----------------------------------------------------------------------------------------------------------
     def run(self) -> dict | None:
@@ -201,11 +321,13 @@ class Trainer:
         if self.pending_rng is not None:  # last, after everything that draws at build time
             checkpoint.set_rng_state(self.pending_rng)
         self.first_bad = torch.tensor(-1, device=self.device)
-        self.last_record: dict = {}
+        self.bad_loss = torch.tensor(0.0, device=self.device)
         self.it_on_device = torch.tensor(start, device=self.device)
         self.started = time.perf_counter()
         progress = Progress(self.total, start, cfg.log.progress, desc=f"{cfg.task} {cfg.method.name}")
-        if start == 0:
+        if start:
+            progress.message(f"resuming from iteration {start} of {self.total} ({self.run_dir / self.resumed_from})")
+        else:
             progress.message(
                 f"{cfg.task} {cfg.method.name} on {cfg.data.name}: {len(self.train_set)} images, "
                 f"{self.iters_per_epoch} it/epoch x {self.epochs:g} epochs; batch {cfg.optim.batch_size} = "
@@ -213,7 +335,8 @@ class Trainer:
                 f"lr {self.d.lr:.3g} (optim.lr={cfg.optim.lr}, blr={cfg.optim.blr})"
             )
         try:
-            stopped = self.train_epochs(start, progress)
+            with Preemption(ctx.is_main) as self.preemption:
+                stopped = self.train_epochs(start, progress)
         finally:
             progress.close()
         if stopped:
@@ -232,9 +355,9 @@ class Trainer:
             world_size=self.ctx.world_size,
             repeats=3 if cfg.aug.repeated_aug else 1,  # DeiT's; only labelled pipelines take it (check_options)
         )
-        sums: dict[str, torch.Tensor] = {}
-        window = (start, time.perf_counter())
+        window = (self.log_since, time.perf_counter())  # the logging interval open at `start` (its sums restored)
         it = start
+        self.preemption.deferring = True
         if start >= self.total:  # stopped after its last step, maybe before its last evaluation
             epoch = self._epoch_at(start)
             if self.eval_set is not None and not any(e["epoch"] == epoch for e in self.evals):
@@ -264,19 +387,24 @@ class Trainer:
                     self.set_step_values(it)
                 logs = self.micro_step(_to(batch, self.device), last_micro)
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v.float() / accum
+                    self.log_sums[k] = self.log_sums.get(k, 0.0) + v.float() / accum
                 if not last_micro:
                     continue
                 self.optimizer_step(epoch)
-                it += 1
+                it += 1  # a step boundary: the model, optimiser and RNGs are those of `it` whole steps
                 if it % cfg.log.every == 0 or it == self.total:
-                    window = self.log(it, sums, window, progress)
-                    sums = {}
+                    window = self.log(it, self.log_sums, window, progress)
+                    self.log_sums, self.log_since = {}, it
                 if cfg.log.stop_after is not None and it - start >= cfg.log.stop_after:
                     self.save(it)
                     progress.message(f"stopped after {it} iterations (log.stop_after); resumable from {self.run_dir}")
                     return True
-                if it % cfg.log.checkpoint_every == 0:
+                if self.preemption.pending is not None:
+                    self.save(it)
+                    progress.message(f"preempted: checkpoint of iteration {it} written; resumable from {self.run_dir}")
+                    self.preemption.hand_over(where=f" after iteration {it} (checkpoint written)")
+                epoch_end = it % self.iters_per_epoch == 0 or it == self.total  # end_epoch checkpoints those
+                if it % cfg.log.checkpoint_every == 0 and not epoch_end:
                     self.save(it)
                 if it == self.total:  # the last step (maybe mid-epoch): always evaluated
                     self.end_epoch(self._epoch_at(it), it, progress, final=True)
@@ -309,8 +437,9 @@ class Trainer:
             scaled = loss / self.d.accum_steps
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         # Remember the first non-finite step on the device; it is read at the next log or checkpoint.
-        bad = ~torch.isfinite(loss.detach())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), self.it_on_device, self.first_bad)
+        first = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(first, self.it_on_device, self.first_bad)
+        self.bad_loss = torch.where(first, loss.detach().float(), self.bad_loss)
         return logs
 
     def optimizer_step(self, epoch: int) -> None:
@@ -357,6 +486,10 @@ class Trainer:
 
     def end_epoch(self, epoch: float, it: int, progress: Progress, final: bool = False) -> None:
         """Evaluate when due (or `final`), then checkpoint (so the checkpoint knows the evaluation)."""
+        with self.preemption.now():
+            self._end_epoch(epoch, it, progress, final)
+
+    def _end_epoch(self, epoch: float, it: int, progress: Progress, final: bool) -> None:
         if self.eval_set is not None and (final or self.eval_due(epoch)):
             scores = self.evaluate()
             self.evals.append({"epoch": epoch, **scores})
