@@ -69,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
+    try:
+        return _command(parser, args)
+    except KeyboardInterrupt:  # Ctrl-C outside a job (a job's own interruption is reported where it ran)
+        print(f"harness {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from harness.config import ConfigError
     from harness.launch.journal import LockedError
     from harness.launch.pool import PoolError
@@ -77,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         from harness.data import DatasetError
+        from harness.train import TrainingError
         from harness.train.entry import main as train_main
 
         try:
             return train_main(args.task, args.overrides)
-        except (ConfigError, DatasetError, FileNotFoundError) as err:
+        except (ConfigError, DatasetError, FileNotFoundError, TrainingError) as err:
             print(f"harness train: {err}", file=sys.stderr)
             return 2
     try:
@@ -91,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         if not sweeps:
             parser.error(f"{args.command}: name at least one sweep file (sweeps/*.yaml)")
         req = Request(sweeps, [a for a in args.args if "=" in a], args.profile, args.cluster, args.results)
+        if args.command in ("status", "report") and not req.results_dir.is_dir():  # a mistyped --results?
+            print(
+                f"harness {args.command}: results folder {req.results_dir} does not exist (--results, else "
+                "$HARNESS_RESULTS, else ./results): nothing has run there",
+                file=sys.stderr,
+            )
+            return 2
         if args.command == "report":
             from harness.report.build import report
 

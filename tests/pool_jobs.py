@@ -1,10 +1,11 @@
 """Stand-in jobs for the local pool's tests (`harness.launch.pool` target `tests.pool_jobs:record`).
 
-Each job appends what it saw to `<results>/runs.jsonl` (its pid, its parent's, when it started and ended, whether
-torch was already imported) and writes a result.json, unless `<results>/instructions.json` tells it, by job id, to
-do otherwise: `raise`, `exit` (os._exit(3)), `segv`, `kill_worker`, `block` (until killed), `meet:N` (wait until N
-jobs have arrived: two jobs that meet ran side by side) or `observe` (record `harness status` as seen from this
-process once the journal names it).
+Each job appends what it saw to `<results>/runs.jsonl` (its pid, its parent's, when it started and ended,
+whether torch was already imported) and writes a result.json, unless `<results>/instructions.json` tells it, by job
+id, to do otherwise: `raise`, `raise_hint` (a TrainingError whose message ends with a hint), `interrupt` (raise
+KeyboardInterrupt, as Ctrl-C in the debug executor's process does), `exit` (os._exit(3)), `segv`, `kill_worker`,
+`block` (until killed), `meet:N` (wait until N jobs have arrived: two jobs that meet ran side by side) or `observe`
+(record `harness status` as seen from this process once the journal names it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import time
 from pathlib import Path
 
 import torch  # noqa: F401  (imported once by the worker, as the training code imports it)
+
+from harness.io import atomic_write_text
+from harness.train import TrainingError
 
 IMPORTED_IN = os.getpid()  # the process that imported this module: the worker, not the job
 GUARD_S = 120.0  # how long a job waits for another before it gives up (a guard, not a timing)
@@ -36,6 +40,10 @@ def record(config: dict, run_dir: str) -> None:
     (results / "started" / job).write_text(str(os.getpid()))
     if what == "raise":
         raise RuntimeError(f"boom in {job}")
+    if what == "raise_hint":
+        raise TrainingError(f"loss is nan at iteration 3 of {job}\nhint: lower optim.lr, or set optim.clip_grad")
+    if what == "interrupt":
+        raise KeyboardInterrupt
     if what == "exit":
         os._exit(3)
     if what == "segv":
@@ -60,7 +68,7 @@ def record(config: dict, run_dir: str) -> None:
     result = {"wall_clock_s": entry["end"] - entry["start"], "final_loss": 1.0}
     if config["task"] != "pretrain":
         result["top1"] = 50.0
-    (run_dir / "result.json").write_text(json.dumps(result))
+    atomic_write_text(run_dir / "result.json", json.dumps(result))
 
 
 def _status_seen_from_here(results: Path, job: str, sweep: str) -> str:

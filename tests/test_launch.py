@@ -113,6 +113,7 @@ def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path):
 
     sweep = write_sweep(tmp_path, TWO_STAGES)
     req = Request([sweep], ["seed=1"], results=str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()  # no results folder, no cache (see the read-only test)
     first = compile_request(req)
     (cached,) = (tmp_path / "results" / ".harness" / "graphs").glob("*.json")
     again = compile_request(req)

@@ -134,7 +134,7 @@ def test_failed_job_shows_its_error_and_retry_resubmits_only_it_and_its_dependen
 
     sweep = write_sweep(tmp_path, body.format(broken=""))  # the path fixed (it is not part of the identity)
     before = journal_intents(req)
-    assert commands.run(req, "slurm") == 0
+    assert commands.run(req, "slurm") == 1  # held: the sweep is not done
     assert "--retry-failed resubmits it" in capsys.readouterr().out
     assert journal_intents(req) == before
     assert commands.run(req, "slurm", retry_failed=True) == 0
@@ -189,3 +189,17 @@ def test_two_task_job_trains_with_ddp_across_slurm_tasks(slurm, tmp_path):
     (job,) = compile_request(req).jobs.values()
     assert json.loads((job.run_dir / "result.json").read_text())["world_size"] == 2
     assert json.loads((job.run_dir / "env.json").read_text())["world_size"] == 2
+
+
+def test_gpus_the_cluster_does_not_have_are_one_line_saying_what_to_pass(slurm, tmp_path, capsys):
+    """The default cluster settings ask for 8 GPUs a node; this cluster has none: sbatch's error, and the way out."""
+    from harness.cli import main
+
+    sweep = write_sweep(tmp_path, "stages: {pretrain: {overrides: [method=beit]}}")
+    results = tmp_path / "res"
+    assert main(["run", sweep, "--executor", "slurm", "--cluster", "slurm", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "sbatch refused 1 pretrain job(s)" in err and "gres" in err and "Traceback" not in err
+    assert "`--cluster workstation` or `cluster.gpus_per_node=0`" in err and len(err.splitlines()) == 1
+    (intent,) = [r for r in map(json.loads, Journal(results).path.read_text().splitlines()) if r["event"] == "intent"]
+    assert our_queue(f"harness-{intent['token']}") == []  # nothing reached the queue

@@ -21,7 +21,7 @@ from harness.cli import main
 from harness.launch import commands
 from harness.launch.journal import Journal
 from harness.launch.queue import FINISHED, Queue, QueueError, QueueRow
-from harness.launch.state import IN_FLIGHT, RUNNING_SLURM, State, log_paths, observe
+from harness.launch.state import IN_FLIGHT, RUNNING_SLURM, State, log_paths, observe, submitit_folder
 from harness.sweep import Request, compile_request, compile_sweeps, load_sweep
 from tests.helpers import TWO_STAGES, write_sweep
 
@@ -63,7 +63,10 @@ def write_result(job, **result) -> None:
     (job.run_dir / "result.json").write_text(json.dumps(result))
 
 
-def write_log(results: Path, job_id: str, err: str = "", out: str = "") -> None:
+def write_log(results: Path, job_id: str, err: str = "", out: str = "", job=None) -> None:
+    """A job's logs (and, given `job`, its run folder: a job that ran has one)."""
+    if job is not None:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log_paths(results, job_id)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(out)
@@ -161,8 +164,8 @@ def test_the_latest_submission_of_a_job_is_the_one_asked_about(setup):
 def test_left_the_queue_after_running_is_failed_with_its_logs_tail(setup):
     graph, up, down, results, journal = setup
     submitted(journal, [up, down], ["20_0", "20_1"])
-    write_log(results, "20_0", err="".join(f"line {i}\n" for i in range(30)) + "RuntimeError: out of memory\n")
-    write_log(results, "20_1", out="started\nKilled\n")  # nothing on stderr: stdout's tail instead
+    write_log(results, "20_0", err="".join(f"line {i}\n" for i in range(30)) + "RuntimeError: out of memory\n", job=up)
+    write_log(results, "20_1", out="started\nKilled\n", job=down)  # nothing on stderr: stdout's tail instead
     states = observe(graph, results, FakeQueue([]), journal)
     assert states[up.id].state is State.FAILED and states[down.id].state is State.FAILED
     assert len(states[up.id].error_tail) == 12 and states[up.id].error_tail[-1] == "RuntimeError: out of memory"
@@ -175,7 +178,7 @@ def test_left_the_queue_without_starting_is_cancelled_naming_the_upstream(setup,
     submitted(journal, [up], ["30_0"])
     submitted(journal, [down], ["31_0"])
     if upstream is State.FAILED:
-        write_log(results, "30_0", err="boom\n")
+        write_log(results, "30_0", err="boom\n", job=up)
     states = observe(graph, results, FakeQueue([]), journal)
     assert states[up.id].state is upstream
     assert states[up.id].detail == ("" if upstream is State.FAILED else "left the queue without starting")
@@ -184,10 +187,12 @@ def test_left_the_queue_without_starting_is_cancelled_naming_the_upstream(setup,
 
 
 def test_local_jobs_run_while_their_submitit_process_lives(setup):
+    """A local job's process names its results folder's submitit folder (the worker's `--log-folder`)."""
     graph, up, down, results, journal = setup
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "submitit"])
+    folder = str(submitit_folder(results).resolve())
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "--log-folder", folder])
     try:
-        ended = subprocess.Popen([sys.executable, "-c", "pass", "submitit"])
+        ended = subprocess.Popen([sys.executable, "-c", "pass", "--log-folder", folder])
         ended.wait()
         submitted(journal, [up], [str(alive.pid)], executor="local")
         submitted(journal, [down], [str(ended.pid)], executor="local")
@@ -202,12 +207,14 @@ def test_local_jobs_run_while_their_submitit_process_lives(setup):
 
 
 def test_a_live_process_of_another_program_is_not_our_job(setup):
-    """A recycled pid: a process lives under the journalled id, but it is not a job of submitit's."""
+    """A recycled pid: a process lives under the journalled id, but it is not a job of this results folder's (another
+    program, or a job of another results folder)."""
     graph, up, _, results, journal = setup
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    elsewhere = str(submitit_folder(results.parent / "other").resolve())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "--log-folder", elsewhere])
     try:
         submitted(journal, [up], [str(other.pid)], executor="local")
-        write_log(results, str(other.pid), err="Traceback\n")
+        write_log(results, str(other.pid), err="Traceback\nharness: its process exited with code 1\n", job=up)
         assert observe(graph, results, FakeQueue([]), journal)[up.id].state is State.FAILED
     finally:
         other.kill()

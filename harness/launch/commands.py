@@ -4,6 +4,9 @@ harness plan   sweeps/smoke.yaml                      # jobs per stage: done / r
 harness run    sweeps/smoke.yaml --executor local     # submit (or run here) what is missing; safe to repeat
 harness status sweeps/smoke.yaml                      # one row per job; non-zero exit when something failed
 
+`run` exits 1 when a job it was asked for did not finish or is held back (failed, or waiting on a failed upstream:
+`--retry-failed` resubmits them), 130 when interrupted.
+
 `harness report` is the layer above (`harness.report.build`): it reads the same graph and states.
 """
 
@@ -18,11 +21,14 @@ from harness.launch.journal import Journal
 from harness.launch.queue import Queue, QueueError
 from harness.launch.state import IN_FLIGHT, JobState, State, observe
 from harness.sweep import Graph, Job, Request, compile_request
+from harness.train import RESULT_FILE
 
 __all__ = ["plan", "run", "status"]
 
-# States `plan` counts as to submit (when nothing holds the job back): a cancelled job never started.
-RESUBMIT = (State.NOT_SUBMITTED, State.CANCELLED)
+# States `run` submits again (when nothing holds the job back): a cancelled job never started; a corrupt, missing or
+# interrupted one resumes from its last checkpoint, if any. A failed one waits for --retry-failed.
+RESUBMIT = (State.NOT_SUBMITTED, State.CANCELLED, State.CORRUPT, State.MISSING, State.INTERRUPTED)
+HERE = ("local", "debug")  # executors that run jobs on this machine
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -46,8 +52,10 @@ def plan(req: Request, out=None, measure: bool = False) -> int:
 
     out = out or sys.stdout
     graph = compile_request(req)
+    if not req.results_dir.exists():
+        print(f"results folder {req.results_dir} does not exist yet: nothing done", file=out)
     states = observe(graph, req.results_dir)
-    done = {j.run_dir: j.config for j in graph.jobs.values() if states[j.id].state is State.DONE}
+    done = {j.run_dir: j.container for j in graph.jobs.values() if states[j.id].state is State.DONE}
     cost = costs.CostModel()
     cost.calibrate(req.results_dir, done)
     cpu = costs.CpuModel(req.results_dir)
@@ -57,12 +65,12 @@ def plan(req: Request, out=None, measure: bool = False) -> int:
 
         missing = {}
         for job in graph.jobs.values():
-            if job.blocked is None and cpu.rate(job.config) is None:
-                missing.setdefault(costs.cpu_kind(job.config), job)
+            if job.blocked is None and cpu.rate(job.container) is None:
+                missing.setdefault(costs.cpu_kind(job.container), job)
         measure_cpu(missing, cpu, out)
     estimates = {}
     for j in graph.jobs.values():
-        estimates[j.id] = (cost.estimate(j.config), cpu.estimate(j.config), costs.gpu_hours(j.config))
+        estimates[j.id] = (cost.estimate(j.container), cpu.estimate(j.container), costs.gpu_hours(j.container))
     columns = ["stage", "jobs", "done", "running", "pending", "failed", "to submit", "GPU-h/job", "GPU-h", "estimate"]
     columns += ["CPU-h", "CPU rate", f"1 {costs.GPU_NAME} h"]
     for sweep in graph.sweeps:
@@ -125,7 +133,7 @@ def _print_hours(req: Request, jobs: list[Job], estimates: dict, cpu, out) -> No
 
     cores = usable_cores()
     measured = [estimates[j.id][1].hours for j in jobs if not math.isnan(estimates[j.id][1].hours)]
-    missing = Counter(costs.cpu_kind(j.config) for j in jobs if math.isnan(estimates[j.id][1].hours))
+    missing = Counter(costs.cpu_kind(j.container) for j in jobs if math.isnan(estimates[j.id][1].hours))
     hours = _hours(sum(measured)) if measured else "-"
     print(
         f"\nCPU-h: this machine ({cpu.host}, {cores} cores, jobs side by side as `harness run --executor local` runs "
@@ -153,8 +161,12 @@ def _print_hours(req: Request, jobs: list[Job], estimates: dict, cpu, out) -> No
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _wanted(graph: Graph, states: dict[str, JobState], retry_failed: bool) -> tuple[list[Job], list[Job], list[str]]:
-    """Jobs to submit (dependency order), in-flight dependents to cancel and resubmit, and what is held back."""
+def _wanted(
+    graph: Graph, states: dict[str, JobState], retry_failed: bool, executor: str | None = None
+) -> tuple[list[Job], list[Job], list[str]]:
+    """Jobs to submit (dependency order), in-flight dependents to cancel and resubmit, and what is held back. With
+    `executor`, a job whose upstream is in flight elsewhere (SLURM for a local run, this machine for SLURM) is held:
+    a dependency cannot cross from one to the other."""
     submit: dict[str, Job] = {}
     cancel: list[Job] = []
     held = []
@@ -175,6 +187,14 @@ def _wanted(graph: Graph, states: dict[str, JobState], retry_failed: bool) -> tu
         if up is not None and not up_new and states[up.id].state not in (State.DONE, *IN_FLIGHT):
             held.append(f"{job.task} {job.label} ({job.id}) waits for its upstream {up.id} ({states[up.id].state})")
             continue
+        if executor and up is not None and not up_new and states[up.id].state in IN_FLIGHT:
+            where = states[up.id].executor
+            if (where == "slurm") != (executor == "slurm"):
+                held.append(
+                    f"{job.task} {job.label} ({job.id}) waits for its upstream {up.id}, in flight "
+                    f"{'on SLURM' if where == 'slurm' else 'on this machine'}: run again once it is done"
+                )
+                continue
         submit[job.id] = job
     return list(submit.values()), cancel, held
 
@@ -201,7 +221,11 @@ def run(
         if unknown:  # submitting blind could duplicate jobs that are in the queue
             raise QueueError(f"cannot tell which jobs are in flight: {unknown[0].detail}")
         _record_reconciled(journal, states)
-        submit, cancel, held = _wanted(graph, states, retry_failed)
+        submit, cancel, held = _wanted(graph, states, retry_failed, executor)
+        # Jobs of this machine still running, whose `harness run` is gone (this one holds the lock): waited for here.
+        adopt = {}
+        if executor in HERE:
+            adopt = {j: s.job_id for j, s in states.items() if s.state is State.RUNNING and s.executor == "local"}
         done = sum(1 for s in states.values() if s.state is State.DONE)
         flying = sum(1 for s in states.values() if s.state in IN_FLIGHT)
         print(
@@ -211,10 +235,11 @@ def run(
         )
         for line in held:
             print(f"  held: {line}", file=out)
-        if dry_run or not submit:
+        code = _held(held)
+        if dry_run or not (submit or adopt):
             for job in submit:
                 print(f"  would submit {job.task} {job.label} ({job.id})", file=out)
-            return 0
+            return code
         if cancel:
             print(f"  resubmitting {len(cancel)} waiting dependents of resubmitted jobs", file=out)
             Queue.cancel([states[j.id].job_id for j in cancel])
@@ -229,12 +254,27 @@ def run(
                 print(
                     f"  submitted {len(group.jobs)} {first.task} job(s): {ids[first.id].split('_')[0]}{after}", file=out
                 )
-            return 0
+            return code
         finished = {j for j, s in states.items() if s.state is State.DONE}
-        outcome = run_here(submit, results, journal, executor, finished, slots=jobs)
+        wanted = {j.id for j in submit} | set(adopt)
+        here = [j for j in graph.jobs.values() if j.id in wanted]  # dependency order
+        outcome = run_here(here, results, journal, executor, finished, slots=jobs, adopt=adopt)
         if "interrupted" in outcome.values():
             return 130
-        return 1 if any(v != "done" for v in outcome.values()) else 0
+        return 1 if code or any(v != "done" for v in outcome.values()) else 0
+
+
+def _held(held: list[str]) -> int:
+    """1 (and why, in one line) when jobs the sweeps want are held back, else 0."""
+    if not held:
+        return 0
+    failed = sum(1 for line in held if line.endswith("--retry-failed resubmits it"))
+    print(
+        f"harness run: {len(held)} job(s) held back, not run ({failed} failed, {len(held) - failed} waiting on an "
+        "upstream that is not done): `harness run --retry-failed` resubmits failed jobs and their dependents",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _record_reconciled(journal: Journal, states: dict[str, JobState]) -> None:
@@ -264,6 +304,7 @@ def _groups(jobs: list[Job], states: dict[str, JobState]) -> list:
 
 # ---------------------------------------------------------------------------------------------------------------
 def status(req: Request, out=None) -> int:
+    """One row per job; exit 1 when a job failed or its result is corrupt."""
     out = out or sys.stdout
     graph = compile_request(req)
     states = observe(graph, req.results_dir)
@@ -283,11 +324,14 @@ def status(req: Request, out=None) -> int:
                     st.last_metric or st.detail or "-",
                 ]
             )
-            if st.state is State.FAILED:
+            if st.state in (State.FAILED, State.CORRUPT):
                 failed = True
                 tails.append((ref, job, st))
         print(_table(["stage", "cell", "state", "job id", "elapsed", "last metric"], rows), file=out)
         for ref, job, st in tails:
+            if st.state is State.CORRUPT:
+                print(f"\n{ref.stage} {ref.label} ({job.id}) corrupt: {job.run_dir / RESULT_FILE}", file=out)
+                continue
             print(f"\n{ref.stage} {ref.label} ({job.id}) failed, job {st.job_id}; last lines of its log:", file=out)
             for line in st.error_tail:
                 print(f"  | {line}", file=out)

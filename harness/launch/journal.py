@@ -3,7 +3,8 @@
 `results/.harness/journal.jsonl` gets one line before `sbatch` (the intent: a token and the job identities, in
 array order) and one after (the scheduler's job ids for that token). A crash in between leaves an intent without
 ids; the next `harness run` finds the jobs in the queue by their name, `harness-<token>`, instead of submitting
-them again. `results/.harness/lock` is held by one `harness run` at a time.
+them again. `results/.harness/lock` is held by one `harness run` at a time. A damaged line (a crash mid-write, a
+hand edit) is skipped, with a warning naming the line unless it is a torn last one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ class Journal:
     def __init__(self, results: str | Path) -> None:
         self.dir = Path(results) / ".harness"
         self.path = self.dir / "journal.jsonl"
+        self.warned: set[tuple[int, str]] = set()
 
     @contextmanager
     def lock(self):
@@ -71,8 +74,12 @@ class Journal:
 
     def _append(self, record: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        with self.path.open("ab+") as f:
+            if f.seek(0, os.SEEK_END):  # a last line torn by a crash is ended first, or this record would join it
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write((json.dumps(record, sort_keys=True) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
 
@@ -87,24 +94,45 @@ class Journal:
         self._append({"event": "submitted", "token": token, "ids": scheduler_ids, "time": time.time()})
 
     def latest(self) -> dict[str, Submission]:
-        """Per job identity, its latest submission. Torn lines (a crash mid-write) are ignored."""
+        """Per job identity, its latest submission. A torn last line (a crash mid-write) is ignored; any other line
+        that is not a record of the journal is skipped with a warning naming the file and the line."""
         if not self.path.exists():
             return {}
         by_job: dict[str, Submission] = {}
         by_token: dict[str, list[Submission]] = {}
-        for line in self.path.read_text().splitlines():
+        lines = self.path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                if record.get("event") == "intent":
+                    jobs, token, executor, when = record["jobs"], record["token"], record["executor"], record["time"]
+                    if not (isinstance(jobs, list) and all(isinstance(j, str) for j in jobs)):
+                        raise ValueError("'jobs' is not a list of job ids")
+                    subs = [Submission(str(token), i, str(executor), float(when)) for i in range(len(jobs))]
+                    by_token[str(token)] = subs
+                    by_job.update(zip(jobs, subs))
+                elif record.get("event") == "submitted":
+                    ids = record["ids"]
+                    if not isinstance(ids, list):
+                        raise ValueError("'ids' is not a list")
+                    for sub, job_id in zip(by_token.get(str(record["token"]), []), ids):
+                        sub.job_id = str(job_id) if job_id else sub.job_id  # a reconciled record may know only some
+                else:
+                    raise ValueError(f"unknown event {record.get('event')!r}")
             except json.JSONDecodeError:
-                continue
-            if record.get("event") == "intent":
-                subs = [
-                    Submission(record["token"], i, record["executor"], record["time"])
-                    for i in range(len(record["jobs"]))
-                ]
-                by_token[record["token"]] = subs
-                by_job.update(zip(record["jobs"], subs))
-            elif record.get("event") == "submitted":
-                for sub, job_id in zip(by_token.get(record["token"], []), record["ids"]):
-                    sub.job_id = job_id or sub.job_id  # a reconciled record may know only some of them
+                if number < len(lines):  # the last line torn by a crash is expected; one inside is damage
+                    self._warn(number, "not JSON")
+            except KeyError as err:
+                self._warn(number, f"no {err}")
+            except (TypeError, ValueError) as err:
+                self._warn(number, str(err))
         return by_job
+
+    def _warn(self, number: int, why: str) -> None:
+        if (number, why) not in self.warned:  # once per Journal (a command reads it more than once)
+            self.warned.add((number, why))
+            print(f"harness: warning: {self.path}:{number}: skipped a damaged journal record ({why})", file=sys.stderr)

@@ -23,12 +23,19 @@ started with `subprocess` as `python -m harness.launch.pool` imports only this p
 a `fork` of a process that has imported torch but run nothing is safe (no thread pool exists yet), which is also how
 torch's own DataLoader workers start.
 
+Each job's error log ends with the launcher's verdict, a line `harness: ...` (`job completed successfully`, `its
+process exited with code 1`, `interrupted: ...`): `harness status` tells a failed job from one stopped with its
+`harness run` by it (harness.launch.state).
+
 Stopping: Ctrl-C, SIGTERM or SIGHUP of `harness run` terminates every worker's process group (the workers, their
-jobs, the jobs' data-loader processes), and journals the interrupted jobs afresh without a pid, so they read `not
-submitted` and the next `harness run` starts them again: they resume from their last checkpoint. If `harness run`
-is killed with SIGKILL, each worker gets SIGTERM from the kernel (Linux `PR_SET_PDEATHSIG`; elsewhere a worker sees
-its input close), and each job the same when its worker dies: nothing is left running; those jobs read `failed`
-(their log ends mid-run) and `--retry-failed` resumes them.
+jobs, the jobs' data-loader processes) and notes `interrupted` in the logs of the jobs that ran, so they read
+`interrupted` and the next plain `harness run` starts them again: they resume from their last checkpoint. If `harness
+run` is killed with SIGKILL, each worker gets SIGTERM from the kernel (Linux `PR_SET_PDEATHSIG`, set in each worker
+and, after the fork, in each job; elsewhere a worker sees its input close and stops its job): nothing is left
+running, and those jobs, whose logs end without a verdict, read `interrupted` too. A job starts only once `harness
+run` has journalled its pid, so a kill in between leaves an intent without a pid (`not submitted`), never a job
+that runs unknown to the journal. A job still running when the next `harness run` starts (its process outlived its
+launcher) is adopted: the new run waits for it, reads its result, and runs it again if it ended without one.
 """
 
 from __future__ import annotations
@@ -49,14 +56,16 @@ from pathlib import Path
 
 from harness.launch.cost import RUNS_FILE  # results/.harness/: each local job's threads and cores, for `plan`
 from harness.launch.journal import Journal
-from harness.launch.state import headline, log_paths, submitit_folder, tail
+from harness.launch.queue import local_alive
+from harness.launch.state import VERDICT, cause, headline, log_paths, read_result, submitit_folder, tail
 from harness.sweep.graph import Job
 from harness.train import RESULT_FILE
 
-__all__ = ["DEFAULT_TARGET", "Pool", "PoolError", "default_slots", "usable_cores"]
+__all__ = ["DEFAULT_TARGET", "INTERRUPTED", "Pool", "PoolError", "default_slots", "upstream_done", "usable_cores"]
 
 DEFAULT_TARGET = "harness.train.entry:TrainJob"  # `module:callable` (a class is instantiated): target(config, run_dir)
 STOP_GRACE_S = 10.0  # after SIGTERM, how long a worker's process group gets before SIGKILL
+INTERRUPTED = "interrupted: `harness run` was stopped; the next `harness run` resumes this job"  # the verdict
 
 
 class PoolError(RuntimeError):
@@ -144,7 +153,7 @@ def _worker_main(log_folder: Path, parent: int) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a child's end wakes the select below
     os.set_blocking(0, False)
     os.set_blocking(wake_r, False)
-    child = None
+    child = go_w = None
     with selectors.DefaultSelector() as sel:
         sel.register(0, selectors.EVENT_READ)
         sel.register(wake_r, selectors.EVENT_READ)
@@ -155,6 +164,12 @@ def _worker_main(log_folder: Path, parent: int) -> int:
                         os.read(wake_r, 1024)
                     continue
                 for message in inbox.read():
+                    if "go" in message:  # `harness run` has journalled the job's pid: it may start
+                        if go_w is not None and message["go"] == child:
+                            os.write(go_w, b"go")
+                            os.close(go_w)
+                            go_w = None
+                        continue
                     if child is not None:
                         raise RuntimeError("a job was sent to a busy worker")
                     sys.stdout.flush()
@@ -166,8 +181,6 @@ def _worker_main(log_folder: Path, parent: int) -> int:
                         _child(message, target, log_folder, go_r, (proto, wake_r, wake_w))  # never returns
                     os.close(go_r)
                     _send(proto, {"started": child, "job": message["job"]})
-                    os.write(go_w, b"go")
-                    os.close(go_w)
             if inbox.closed:  # `harness run` is gone: take the job down with us
                 if child is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -178,6 +191,9 @@ def _worker_main(log_folder: Path, parent: int) -> int:
                 if pid:
                     _send(proto, {"ended": child, "code": os.waitstatus_to_exitcode(status)})
                     child = None
+                    if go_w is not None:  # it ended before it was told to start
+                        os.close(go_w)
+                        go_w = None
 
 
 def _load(spec: str):
@@ -189,8 +205,9 @@ def _load(spec: str):
 def _child(message: dict, target, log_folder: Path, go: int, inherited: tuple[int, ...]) -> None:
     """The job, in the forked child: its own logs on fds 1 and 2, then `target(config, run_dir)`; never returns.
 
-    It starts once its worker has told `harness run` its pid (`go`), so that a job which takes its worker down at
-    once is still journalled, and reported, under its own pid."""
+    It starts once `harness run` has journalled its pid (`go`, through the worker), so that a job which takes its
+    worker down at once is still reported under its own pid, and a `harness run` killed before the journal knows the
+    pid leaves no job running unknown to it (the job reads EOF instead of `go` and exits)."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -247,6 +264,16 @@ class _Running:
 
 
 @dataclass
+class _Adopted:
+    """A job whose process an earlier `harness run` started and that still runs: waited for, not restarted."""
+
+    job: Job
+    n: int
+    pid: str
+    fd: int | None  # a pidfd, readable once the process has ended (Linux 5.3+), else None: polled
+
+
+@dataclass
 class _Worker:
     proc: subprocess.Popen
     lines: _Lines
@@ -271,6 +298,7 @@ class Pool:
     target: str | None = None  # None: DEFAULT_TARGET, read when the pool is made
     out: object = None
     workers: list[_Worker] = field(default_factory=list)
+    adopted: dict[str, _Adopted] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.results = Path(self.results)
@@ -283,19 +311,25 @@ class Pool:
         self.wake: int | None = None  # read end of the signal wake-up pipe, while `run` runs in the main thread
 
     # -----------------------------------------------------------------------------------------------------------
-    def run(self, jobs: list[Job], done: set[str]) -> dict[str, str]:
+    def run(self, jobs: list[Job], done: set[str], adopt: dict[str, str] | None = None) -> dict[str, str]:
+        """Run `jobs`; `done`: the ids of jobs already done (upstreams); `adopt`: `{id: pid}` of jobs of `jobs` whose
+        process from an earlier `harness run` still runs: waited for, then run again if they ended without a result."""
         outcome: dict[str, str] = {}
         if not self.fixed_threads:  # fewer jobs than slots: the cores go to those there are
             self.threads = max(1, self.cores // max(1, min(self.slots, len(jobs))))
-        waiting = list(enumerate(jobs, 1))
+        adopt = adopt or {}
+        waiting = [(n, job) for n, job in enumerate(jobs, 1) if job.id not in adopt]
         total = len(jobs)
         ours = {job.id for job in jobs}
         previous = self._catch_signals()
         wake_w, previous_wake = self._wake_on_signals()
         try:
-            for _ in range(min(self.slots, len(jobs))):
+            for n, job in enumerate(jobs, 1):
+                if job.id in adopt:
+                    self._adopt(job, n, adopt[job.id], total)
+            for _ in range(min(self.slots, len(waiting) or bool(self.adopted))):
                 self._start_worker()
-            while waiting or any(w.running for w in self.workers):
+            while waiting or self._busy():
                 waiting = self._skip_orphans(waiting, outcome, done, ours, total)
                 for worker in self.workers:
                     if worker.ready and worker.running is None:
@@ -304,9 +338,9 @@ class Pool:
                             break
                         n, job = waiting.pop(ready[0])  # the first in dependency order that can start
                         self._dispatch(worker, job, n)
-                if not waiting and not any(w.running for w in self.workers):
+                if not waiting and not self._busy():
                     break
-                self._wait(outcome, total, bool(waiting))
+                waiting += self._wait(outcome, total, bool(waiting) or bool(self.adopted))
         except KeyboardInterrupt:
             self._interrupt(outcome)
         finally:
@@ -337,16 +371,23 @@ class Pool:
         self.wake = r
         return w, previous
 
+    def _busy(self) -> bool:
+        return bool(self.adopted) or any(w.running for w in self.workers)
+
     @staticmethod
     def _upstream_ok(job: Job, outcome: dict, done: set[str]) -> bool:
         return not job.upstream or job.upstream in done or outcome.get(job.upstream) == "done"
 
     def _skip_orphans(self, waiting: list, outcome: dict, done: set[str], ours: set[str], total: int) -> list:
-        """Jobs whose upstream ended without a result (or is not ours to run and not done) are not started."""
+        """Jobs whose upstream ended without a result (or is not ours to run and not done) are not started. Before a
+        job is skipped, its upstream's result.json is read again: it may have been written since `done` was read."""
         kept = []
         for n, job in waiting:
             up = job.upstream
             lost = up and up not in done and (outcome.get(up, "done") != "done" if up in ours else True)
+            if lost and upstream_done(job):
+                done.add(up)
+                lost = False
             if lost:
                 outcome[job.id] = "skipped"
                 head = self._head(n, total, job)
@@ -382,29 +423,68 @@ class Pool:
         return worker
 
     def _dispatch(self, worker: _Worker, job: Job, n: int) -> None:
+        job.run_dir.mkdir(parents=True, exist_ok=True)  # a job's folder exists once it is submitted (state: missing)
         token = self.journal.intent([job.id], "local")
         message = {"job": job.id, "config": job.container, "run_dir": str(job.run_dir), "threads": self.threads}
         worker.running = _Running(job, n, token, time.perf_counter())
         _send(worker.proc.stdin.fileno(), message)
 
-    def _wait(self, outcome: dict, total: int, more: bool) -> None:
-        """Handle what the workers say (or their ends), waiting for at least one message."""
+    def _wait(self, outcome: dict, total: int, more: bool) -> list[tuple[int, Job]]:
+        """Handle what the workers say (or their ends), waiting for at least one message or an adopted job's end;
+        returns the adopted jobs that ended without a result, to run again."""
         with selectors.DefaultSelector() as sel:
             for worker in self.workers:
                 sel.register(worker.lines.fd, selectors.EVENT_READ, worker)
             if self.wake is not None:
                 sel.register(self.wake, selectors.EVENT_READ, None)
-            events = sel.select()
+            for adopted in self.adopted.values():
+                if adopted.fd is not None:
+                    sel.register(adopted.fd, selectors.EVENT_READ, adopted)
+            polled = any(a.fd is None for a in self.adopted.values())  # no pidfd here: look again each second
+            events = sel.select(timeout=1.0 if polled else None)
         for key, _ in events:
             if key.data is None:  # a signal arrived (its handler has run by now): drain the pipe, carry on
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake, 1024)
                 continue
+            if isinstance(key.data, _Adopted):
+                continue  # below
             worker: _Worker = key.data
             for message in worker.lines.read():
                 self._handle(worker, message, outcome, total)
             if worker.lines.closed:
                 self._worker_died(worker, outcome, total, more)
+        again = []
+        for adopted in list(self.adopted.values()):
+            if not local_alive(adopted.pid, submitit_folder(self.results)):
+                again += self._adopted_ended(adopted, outcome, total)
+        return again
+
+    # -----------------------------------------------------------------------------------------------------------
+    def _adopt(self, job: Job, n: int, pid: str, total: int) -> None:
+        """Watch the process of a job started by an earlier `harness run` (a pidfd where Linux has them)."""
+        fd = None
+        with contextlib.suppress(AttributeError, OSError):
+            fd = os.pidfd_open(int(pid))
+        self.adopted[job.id] = _Adopted(job, n, pid, fd)
+        print(
+            f"{self._head(n, total, job)}: still running from an earlier `harness run` (process {pid}): waiting for it",
+            file=self.out,
+            flush=True,
+        )
+
+    def _adopted_ended(self, adopted: _Adopted, outcome: dict, total: int) -> list[tuple[int, Job]]:
+        del self.adopted[adopted.job.id]
+        if adopted.fd is not None:
+            os.close(adopted.fd)
+        head = self._head(adopted.n, total, adopted.job)
+        result, _ = read_result(adopted.job.run_dir / RESULT_FILE)
+        if result is not None:
+            outcome[adopted.job.id] = "done"
+            print(f"{head}: done (its earlier process), {headline(result)}", file=self.out, flush=True)
+            return []
+        print(f"{head}: its earlier process ended without a result: running it again", file=self.out, flush=True)
+        return [(adopted.n, adopted.job)]
 
     def _handle(self, worker: _Worker, message: dict, outcome: dict, total: int) -> None:
         if "ready" in message:
@@ -416,6 +496,7 @@ class Pool:
         if "started" in message:
             running.pid = str(message["started"])
             self.journal.submitted(running.token, [running.pid])
+            _send(worker.proc.stdin.fileno(), {"go": message["started"]})  # journalled: the job may start
             self._record_run(running)
             print(f"{self._head(running.n, total, running.job)}: running", file=self.out, flush=True)
         elif "ended" in message:
@@ -425,20 +506,22 @@ class Pool:
     def _ended(self, running: _Running, code: int, outcome: dict, total: int, why: str | None = None) -> None:
         job, head = running.job, self._head(running.n, total, running.job)
         seconds = time.perf_counter() - running.start
-        result = _read_json(job.run_dir / RESULT_FILE)
+        result, corrupt = read_result(job.run_dir / RESULT_FILE)
         if code == 0 and result is not None:
             outcome[job.id] = "done"
+            self._note(running, "job completed successfully")
             print(f"{head}: done in {seconds:.0f} s, {headline(result)}", file=self.out, flush=True)
             return
-        if code == 0:
+        if code == 0 and corrupt is None:
             outcome[job.id] = "stopped"
+            self._note(running, "stopped without a result (resumable): the next `harness run` resumes it")
             print(f"{head}: stopped after {seconds:.0f} s without a result (resumable)", file=self.out, flush=True)
             return
         outcome[job.id] = "failed"
-        why = why or f"its process {_exit_reason(code)}"
-        last = tail(log_paths(self.results, running.pid)[1], 1) if running.pid else []
+        why = why or (f"its process {_exit_reason(code)}" if code else f"it wrote a corrupt result.json ({corrupt})")
+        last = cause(log_paths(self.results, running.pid)[1]) if running.pid else ""
         errlog = self._note(running, why)
-        said = f": {last[0]}" if last else ""
+        said = f": {last}" if last else ""
         print(f"{head}: FAILED after {seconds:.0f} s, {why}{said}\n    log: {errlog}", file=sys.stderr, flush=True)
 
     def _note(self, running: _Running, line: str) -> Path | None:
@@ -448,7 +531,7 @@ class Pool:
         errlog = log_paths(self.results, running.pid)[1]
         errlog.parent.mkdir(parents=True, exist_ok=True)
         with errlog.open("a") as f:
-            f.write(f"harness: {line}\n")
+            f.write(f"{VERDICT}{line}\n")
         return errlog
 
     def _worker_died(self, worker: _Worker, outcome: dict, total: int, more: bool) -> None:
@@ -498,19 +581,20 @@ class Pool:
             signal.signal(sig, handler)
 
     def _interrupt(self, outcome: dict) -> None:
+        """Stop every job (adopted ones too) and note `interrupted` in their logs: they read `interrupted`, and the
+        next plain `harness run` starts them again (harness.launch.state)."""
         running = [w.running for w in self.workers if w.running is not None]
+        for adopted in self.adopted.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                if local_alive(adopted.pid, submitit_folder(self.results)):
+                    os.kill(int(adopted.pid), signal.SIGTERM)
+            running.append(_Running(adopted.job, adopted.n, "", 0.0, adopted.pid))
         self._stop_all()
         for r in running:
             outcome[r.job.id] = "interrupted"
-            self._note(r, "interrupted: `harness run` was stopped; the next `harness run` resumes this job")
-        if running:  # journalled again without a pid: `not submitted`, so the next `harness run` starts them
-            self.journal.intent([r.job.id for r in running], "local")
-        print(
-            f"interrupted: {len(running)} running job(s) stopped; `harness run` again resumes them from their last "
-            "checkpoint",
-            file=sys.stderr,
-            flush=True,
-        )
+            if r.pid is not None:
+                self._note(r, INTERRUPTED)
+        print(interrupted_line(len(running)), file=sys.stderr, flush=True)
 
     def _stop_all(self) -> None:
         for worker in self.workers:
@@ -543,12 +627,14 @@ class Pool:
                 worker.proc.wait()
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+def upstream_done(job: Job) -> bool:
+    """The job's upstream has a result on disk now (its run folder reaches the job as `pretrained=`)."""
+    pretrained = job.container.get("pretrained") if job.upstream else None
+    return bool(pretrained) and read_result(Path(pretrained) / RESULT_FILE)[0] is not None
+
+
+def interrupted_line(n: int) -> str:
+    return f"interrupted: {n} running job(s) stopped; `harness run` again resumes them from their last checkpoint"
 
 
 def _exit_reason(code: int | None) -> str:

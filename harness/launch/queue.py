@@ -1,20 +1,23 @@
 """What the scheduler is doing with our jobs: one `squeue` call for all of them, never `sacct`.
 
 Jobs are named `harness-<token>`; an array's tasks share the name and are told apart by their index. Local jobs
-(the local executor) are processes: in flight while their pid lives.
+(the local executor) are processes: in flight while their pid lives and names this results folder. A debug job runs
+in its `harness run`'s process, which its id names (`debug-<pid>-<ms>-<n>`).
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.launch.journal import JOB_NAME_PREFIX
 
-__all__ = ["Queue", "QueueError", "QueueRow", "local_alive"]
+__all__ = ["Queue", "QueueError", "QueueRow", "SubmitError", "debug_alive", "debug_id", "local_alive"]
 
 # squeue rows in these states are finished (shown for MinJobAge seconds); anything else is in flight.
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
@@ -22,6 +25,10 @@ FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 
 class QueueError(RuntimeError):
     """The scheduler could not be asked (no squeue on the PATH, or it failed)."""
+
+
+class SubmitError(QueueError):
+    """The scheduler refused a submission, or is not there (its error in one line, and what to change)."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,35 @@ class Queue:
             subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60, check=False)
 
 
-def local_alive(pid: str) -> bool:
-    """A local-executor job (its id is the pid) still running: the process exists and is submitit's."""
+def local_alive(pid: str, folder: str | Path | None = None) -> bool:
+    """A local-executor job (its id is the pid) still running: the process exists, is not a zombie, and is a job of
+    submitit's log folder `folder` (any such folder when None): its command line names it (a recycled pid does not)."""
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, ValueError, IndexError):
         return False
-    return b"submitit" in cmdline
+    if state in ("Z", "X"):
+        return False
+    if folder is None:
+        return b"submitit" in cmdline
+    return str(Path(folder).resolve()).encode() in cmdline.split(b"\0")
+
+
+def debug_id(number: int) -> str:
+    """A debug-executor job id, unique and naming this process: `debug-<pid>-<start, ms since the epoch>-<number>`."""
+    return f"debug-{os.getpid()}-{int(time.time() * 1000)}-{number}"
+
+
+def debug_alive(job_id: str) -> bool:
+    """A debug job still running: the `harness run` process named by its id lives and started before the job did
+    (a process that took the pid over later started after)."""
+    try:
+        _, pid, started_ms, _ = job_id.split("-")
+        stat = Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()
+        btime = [line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")]
+        boot = float(btime[0].split()[1])  # when the machine started, in seconds since the epoch
+    except (OSError, ValueError, IndexError):
+        return False
+    born = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of /proc/PID/stat: start time in ticks
+    return stat[0] not in ("Z", "X") and born <= int(started_ms) / 1000 + 1.0

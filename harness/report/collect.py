@@ -8,20 +8,19 @@ cell's keys as `k=v ...`), job (the job's keys), metric, value (NaN until done),
 (finetune / linear / layer; from result.json or the config), epoch_rule (the cell's: last or best), epochs,
 pretrain_epochs (the upstream's), layer (linear probe), img_size, job_id, config_hash, state (the job's
 `harness.launch.state.State` as its plain string: done, pending...), gpu_hours, run_dir, and one `key.<name>` column
-per job key. A corrupt or incomplete result.json is skipped with a warning naming the file (its row's state says
-"corrupt").
+per job key. A corrupt or incomplete result.json (`harness.launch.state.read_result`: not JSON, not an object, a
+metric that is not a number) is skipped with a warning naming the file (its row's state says "corrupt").
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from harness.launch.state import JobState, State, observe
+from harness.launch.state import JobState, State, observe, read_result
 from harness.sweep import Cell, Graph, Request, compile_request
 from harness.train import RESULT_FILE
 
@@ -62,15 +61,12 @@ def _metric(result: dict, key: str) -> float | None:
 
 def _read(run_dir: Path, state: JobState) -> tuple[dict | None, str]:
     path = run_dir / RESULT_FILE
-    if not path.exists():
+    result, corrupt = read_result(path)
+    if corrupt:
+        warnings.warn(f"skipping {path}: corrupt result ({corrupt})", stacklevel=3)
+        return None, State.CORRUPT.value
+    if result is None:
         return None, state.state.value
-    try:
-        result = json.loads(path.read_text())
-        if not isinstance(result, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        warnings.warn(f"skipping {path}: unreadable result ({err})", stacklevel=3)
-        return None, "corrupt"
     return result, State.DONE.value
 
 
@@ -89,9 +85,12 @@ def collect_graph(graph: Graph, states: dict[str, JobState]) -> pd.DataFrame:
                 result, state = cache[job.id]
                 value = math.nan
                 if result is not None:
-                    raw = _metric(result, _metric_key(cell))
+                    key = _metric_key(cell)
+                    raw = _metric(result, key)
                     if raw is None:
-                        warnings.warn(f"{job.run_dir / RESULT_FILE}: no '{_metric_key(cell)}'", stacklevel=2)
+                        warnings.warn(f"{job.run_dir / RESULT_FILE}: no '{key}'", stacklevel=2)
+                    elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                        warnings.warn(f"{job.run_dir / RESULT_FILE}: '{key}' is not a number", stacklevel=2)
                     else:
                         value = float(raw)
                 cfg = job.container  # plain dicts: building DictConfigs would dominate a 10,000-job report

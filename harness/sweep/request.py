@@ -51,5 +51,6 @@ def compile_request(req: Request) -> Graph:
         else:
             job_overrides.append(item)
     sweeps = [load_sweep(path) for path in req.sweeps]
-    cache = req.results_dir / ".harness" / "graphs"
+    # No results folder yet: no cache either (plan, status and report create nothing; `run` makes the folder).
+    cache = req.results_dir / ".harness" / "graphs" if req.results_dir.is_dir() else None
     return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides, cluster_overrides, cache)
