@@ -18,6 +18,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: submits real jobs to a SLURM cluster (the `slurm` fixture)")
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault-injection suite's one line (tests/test_faults.py), when this session ran it."""
+    from tests.faults import SESSION
+
+    if SESSION.kills or SESSION.launcher_kills or SESSION.corruptions or SESSION.bad_inputs:
+        terminalreporter.write_line(SESSION.line())
+
+
 @pytest.fixture(autouse=True)
 def _results_outside_the_checkout(tmp_path_factory, monkeypatch):
     """A test that names no results folder writes into a temporary one, never into the checkout's results/
