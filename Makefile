@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian's dataset-fashion-mnist package: the data of the demo, the tests and the smoke profile.
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data slurm test test-quick lint demo clean
+.PHONY: install data slurm test test-quick lint demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,14 @@ test-quick: lint data
 
 demo: install data
 	$(PY) -m harness.demo
+
+# The benchmarks at their CPU settings (a few minutes on 2 cores): training steps against the FLOP model, the data
+# pipelines per worker, plan / status / report. Each prints met / MISSED beside its targets and writes JSON to
+# $$HARNESS_RESULTS/bench or /tmp/splitmask-bench (bench/__init__.py). On a GPU: bash bench/gpu_check.sh.
+bench: install data
+	$(PY) -m bench step
+	$(PY) -m bench data
+	$(PY) -m bench harness
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .grimp_cache .import_linter_cache *.egg-info

@@ -34,8 +34,9 @@ def positions(where: Tensor, count: int) -> Tensor:
 
 
 def check_counts(where: Tensor, count: int, what: str) -> None:
-    """Fail loudly on a mask that does not have `count` True entries per row (CPU tensors only: no device sync)."""
-    if where.device.type == "cpu":
+    """Fail loudly on a mask that does not have `count` True entries per row (CPU tensors only: no device sync; not
+    while torch.compile traces, where the data-dependent branch would break the graph)."""
+    if where.device.type == "cpu" and not torch.compiler.is_compiling():
         counts = where.sum(dim=1)
         if not bool((counts == count).all()):
             raise ValueError(f"{what}: expected exactly {count} patches per sample, got {counts.tolist()}")

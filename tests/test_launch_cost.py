@@ -182,3 +182,16 @@ def test_plan_measure_times_each_kind_once_and_plan_uses_it(tmp_path, capsys):
     assert not list(results.glob("pretrain/*"))  # measured in a temporary folder, not in the job's
     assert main(["plan", sweep, "--results", str(results), "--measure"]) == 0
     assert "every kind of job in the plan has a rate on this machine already" in capsys.readouterr().out
+
+
+def test_the_cost_model_reads_a_jobs_plain_container_as_its_dictconfig(tmp_path):
+    """`harness plan` may hand the cost model `job.container` (a plain dict) instead of `job.config` (building a
+    DictConfig per job is most of a warm plan's time): every figure is the same."""
+    sweep = write_sweep(tmp_path, TWO_STAGES)
+    for job in compile_request(Request([sweep], results=str(tmp_path / "results"))).jobs.values():
+        plain, config = job.container, job.config
+        assert isinstance(plain, dict)
+        assert step_flops(plain) == step_flops(config) and job_flops(plain) == job_flops(config)
+        assert gpu_hours(plain) == gpu_hours(config) and cost.cpu_kind(plain) == cost.cpu_kind(config)
+        assert cost.CostModel().estimate(plain) == cost.CostModel().estimate(config)
+        assert training_iterations(plain) == training_iterations(config)

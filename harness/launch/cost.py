@@ -36,6 +36,7 @@ __all__ = [
     "GPU_MFU",
     "GPU_MIN_STEP_S",
     "GPU_NAME",
+    "GPU_PEAKS",
     "GPU_PEAK_FLOPS",
     "RUNS_FILE",
     "CostModel",
@@ -45,6 +46,7 @@ __all__ = [
     "block_flops",
     "cpu_kind",
     "gpu_hours",
+    "gpu_peak_flops",
     "images_per_epoch",
     "job_flops",
     "step_flops",
@@ -70,7 +72,16 @@ METHOD_FACTOR = {
 # ---------------------------------------------------------------------------------------------------------------
 # One GPU: assumptions, named. Change them here (or pass others to `gpu_hours`).
 GPU_NAME = "H100"
-GPU_PEAK_FLOPS = 989e12  # assumption: H100 SXM dense bf16 tensor-core peak (NVIDIA's datasheet, without sparsity)
+# Dense bf16 tensor-core peaks (NVIDIA's datasheets, without sparsity), by the name torch.cuda.get_device_name gives;
+# the first key found in the name wins, so the PCIe and NVL variants come before the SXM ones.
+GPU_PEAKS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,  # the H100's chip with more memory
+    "A100": 312e12,  # SXM and PCIe alike
+}
+GPU_PEAK_FLOPS = GPU_PEAKS[GPU_NAME]  # assumption: the cluster's GPUs are H100 SXM
 GPU_MFU = 0.35  # assumption: model-FLOPs utilisation of a bf16 ViT training step (issue 16 targets 45 % for ViT-B)
 GPU_MIN_STEP_S = 0.01  # assumption: no step is faster (kernel launches and host work): micro jobs sit on this floor
 
@@ -143,9 +154,12 @@ def training_iterations(cfg) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The FLOP model. A multiply-add is 2 FLOPs, and only the matmuls (and convolutions) count: LayerNorm, softmax,
-# GELU, residual adds, losses and the optimiser are left out (a few % at these widths). What trains costs its
-# forward x (1 + BACKWARD_FACTOR); what does not (DINO's teacher, a tokenizer, a probe's frozen encoder) its forward.
+# The FLOP model: `step_flops`, the one function that says what a training step costs (`job_flops`, `gpu_hours`,
+# the CPU rates of `harness plan` and `python -m bench step` all read it). A multiply-add is 2 FLOPs, and only the
+# matmuls (and convolutions) count: LayerNorm, softmax, GELU, residual adds, losses, the EMA teacher update and the
+# optimiser are left out (a few % at these widths). What trains costs its forward x (1 + BACKWARD_FACTOR); what does
+# not (DINO's teacher, a tokenizer, a probe's frozen encoder) its forward. tests/test_flops.py checks it against a
+# hand count and against torch.utils.flop_counter.FlopCounterMode on the micro model of every method (within 1 %).
 def block_flops(tokens: float, dim: int, mlp_ratio: float = 4.0) -> float:
     """Forward FLOPs of one ViT block on `tokens` tokens of width `dim`: the qkv projection 6nD^2, the attention
     scores QK^T 2n^2D and the weighted values 2n^2D (all heads together), the output projection 2nD^2 and the MLP
@@ -214,7 +228,10 @@ class StepFlops:
 
 
 def step_flops(cfg) -> StepFlops:
-    """FLOPs per training image of a job's step, from its config's plain values (`model.args`, `method.args`).
+    """FLOPs per training image of a job's step, from its config's plain values (`model.args`, `method.args`): a
+    DictConfig or the plain dict of a job's container, read the same way (no torch, no OmegaConf needed).
+
+    The parts, each a forward (`block_flops` for a ViT block on n tokens: 24nD^2 + 4n^2D):
 
     - splitmask: one patch embedding; the encoder on each branch's visible patches (A and B: at 50 % each half of
       the grid, so together about one full-grid pass); the decoder (`decoder_depth` blocks of the encoder's width)
@@ -225,6 +242,10 @@ def step_flops(cfg) -> StepFlops:
     - supervised / classifier (fine-tuning): the encoder on every patch and a linear head.
     - linear: the frozen encoder up to block `linear.layer` (a forward), a linear head that trains.
     - pixels: a linear head on the pixels. Other methods (detection, segmentation): METHOD_FACTOR x an encoder pass.
+    - the tokenizer (no gradient: `frozen`): a cosine tokenizer (random projection, random patches, k-means) the
+      similarity of every patch with every codeword, 2 N (p^2 C) V; DALL-E's dVAE encoder its convolutions
+      (`_tokenizer`).
+    Every encoder pass includes its patch embedding, 2 N (p^2 C) D, and the class token among its tokens.
     """
     m, a = _get(cfg, "model.args"), _get(cfg, "method.args") or {}
     method = _get(cfg, "method.name")
@@ -315,6 +336,12 @@ def job_flops(cfg, iterations: int | None = None) -> float:
         patch_dim = int(m["patch_size"]) ** 2 * int(m.get("in_chans", 3))
         flops += 2.0 * int(fit.get("iters", 0)) * int(fit.get("batch_size", 0)) * vocab * patch_dim
     return flops
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a GPU named as `torch.cuda.get_device_name` names it ("NVIDIA H100 80GB
+    HBM3"); None for a GPU not in `GPU_PEAKS`."""
+    return next((peak for key, peak in GPU_PEAKS.items() if key.lower() in device_name.lower()), None)
 
 
 def gpu_hours(cfg, peak: float = GPU_PEAK_FLOPS, mfu: float = GPU_MFU, min_step_s: float = GPU_MIN_STEP_S) -> Estimate:

@@ -1,7 +1,7 @@
 """Training-step throughput of the dense tasks: Mask R-CNN (`task=detect`) and UperNet (`task=segment`) on the ViT.
 
-    python scripts/bench_dense.py                           # CPU: the micro profile's models on 64 px scenes
-    python scripts/bench_dense.py --size small base --device cuda   # GPU: the paper's recipes (800 px, 512 crops)
+    python -m bench dense                                   # CPU: the micro profile's models on 64 px scenes
+    python -m bench dense --size small base --device cuda   # GPU: the paper's recipes (800 px, 512 crops)
 
 Each step is forward + backward + AdamW step of the model a job of that task and size builds (its config composed
 as `harness train` composes it), on random images with a few random boxes and masks (detection) or random labels
@@ -14,17 +14,13 @@ profile's (harness/conf/profile/micro.yaml); `--size small|base` the paper's rec
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
+from bench.common import default_out, machine, table, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that a checkout works without installing
-import model
-from harness.config import compose
+__all__ = ["add_arguments", "run"]
 
 # The micro profile's stand-ins (harness/conf/profile/micro.yaml): 64 px scenes, 10 item categories.
 MICRO = {
@@ -36,6 +32,11 @@ IMAGE = {"micro": {"detect": (64, 64), "segment": (64, 64)}, "paper": {"detect":
 
 
 def _model(task: str, size: str):
+    from omegaconf import OmegaConf
+
+    import model
+    from harness.config import compose
+
     data = {"detect": "data=coco", "segment": "data=ade20k"}[task]
     overrides = [f"task={task}", data, f"model={size}", *(MICRO[task] if size == "micro" else [])]
     cfg = compose(overrides)
@@ -44,7 +45,9 @@ def _model(task: str, size: str):
     return net, cfg
 
 
-def _batch(task: str, cfg, batch: int, hw: tuple[int, int], device: torch.device):
+def _batch(task: str, cfg, batch: int, hw: tuple[int, int], device):
+    import torch
+
     g = torch.Generator().manual_seed(0)
     channels = cfg.data.in_chans
     if task == "segment":
@@ -69,7 +72,9 @@ def _batch(task: str, cfg, batch: int, hw: tuple[int, int], device: torch.device
     return images, targets
 
 
-def bench(task: str, size: str, batch: int, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+def bench(task: str, size: str, batch: int, steps: int, warmup: int, device) -> tuple[float, float]:
+    import torch
+
     net, cfg = _model(task, size)
     net.to(device).train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
@@ -92,27 +97,34 @@ def bench(task: str, size: str, batch: int, steps: int, warmup: int, device: tor
     return 1 / seconds, batch / seconds
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=["detect", "segment"], choices=["detect", "segment"])
     parser.add_argument("--size", nargs="+", default=["micro"], help="model sizes: micro (CPU), small, base")
     parser.add_argument("--batch", type=int, default=None, help="default: micro 16, paper sizes 2 (per GPU)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON result (default: see bench --help)")
+
+
+def run(args, out) -> int:
+    import torch
+
     device = torch.device(args.device)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device {device} ({where})")
-    print(f"{'task':8} {'size':6} {'batch':>5} {'image':>10} {'it/s':>8} {'img/s':>8}")
+    print(f"dense: device {device} ({where})", file=out, flush=True)
+    records = []
     for size in args.size:
         for task in args.tasks:
             batch = args.batch or (16 if size == "micro" else 2)
             its, imgs = bench(task, size, batch, args.steps, args.warmup, device)
             hw = IMAGE["micro" if size == "micro" else "paper"][task]
-            print(f"{task:8} {size:6} {batch:>5} {f'{hw[0]}x{hw[1]}':>10} {its:>8.3g} {imgs:>8.3g}", flush=True)
+            records.append({"task": task, "size": size, "batch": batch, "image": list(hw), "it_s": its, "img_s": imgs})
+    headers = ["task", "size", "batch", "image", "it/s", "img/s"]
+    lines = [[r["task"], r["size"], r["batch"], "x".join(map(str, r["image"])), f"{r['it_s']:.3g}", f"{r['img_s']:.3g}"]
+             for r in records]  # fmt: skip
+    print(table(headers, lines), file=out)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload = {"machine": machine(args.device), "settings": settings, "rows": records}
+    print(f"JSON: {write_result(args.out or default_out(), 'dense', payload, args.command_line)}", file=out)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
