@@ -8,6 +8,7 @@ ways, so the arithmetic that reproductions live or die on is in one tested place
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import hashlib
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.catalog import DATASETS, iteration_parity_epochs
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, cache_dir
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 TASKS = ("pretrain", "finetune", "linear", "detect", "segment")
@@ -132,6 +133,41 @@ RESOLVER_KEYS = ("data.name", "data.stands_in_for", "data.subset", "data.stand_i
 # Hydra's composition of each set of group options (unresolved), shared by every Composer of this process and keyed
 # by the config tree's content too: a plan, its tests and a report compose the same few dozen sets again and again.
 _GROUP_CONFIGS: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+GROUP_CACHE_FORMAT = 1  # of the files under $HARNESS_CACHE/configs/: a new one when what they hold changes
+
+
+def _group_config(conf_digest: str, groups: tuple[str, ...]) -> DictConfig:
+    """Hydra's composition of the group options `groups` (unresolved), kept in this process and on disk.
+
+    Hydra reads and merges the whole tree again for every composition (~80 ms each), and the paper's plan needs 76
+    of them. Kept as YAML under `$HARNESS_CACHE/configs/` (keyed by the config tree's content, Hydra's and
+    OmegaConf's versions and the options), a set composed once, by any command, is read back in ~7 ms: a plan after a
+    change of a sweep file or of the code (which the job graph's cache depends on) composes nothing again. The file
+    is Hydra's result as OmegaConf writes it under a first line with the digest of the rest; one whose digest does
+    not match (damaged, truncated) is composed again."""
+    import hydra
+    import omegaconf
+    import yaml
+
+    key = (conf_digest, groups)
+    if key in _GROUP_CONFIGS:
+        return _GROUP_CONFIGS[key]
+    versions = (GROUP_CACHE_FORMAT, hydra.__version__, omegaconf.__version__)
+    name = hashlib.sha256(repr((versions, conf_digest, groups)).encode()).hexdigest()[:32]
+    path = cache_dir() / "configs" / f"{name}.yaml"
+    try:
+        head, _, text = path.read_text().partition("\n")
+        if head != f"# sha256 {hashlib.sha256(text.encode()).hexdigest()}":
+            raise ValueError(f"{path}: damaged")
+        cfg = OmegaConf.create(text)
+        OmegaConf.set_struct(cfg, True)  # as Hydra leaves it: an override of an unknown key is an error
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
+        cfg = _hydra_compose(groups)
+        text = OmegaConf.to_yaml(cfg)
+        with contextlib.suppress(OSError):  # no cache where it cannot be written
+            atomic_write_text(path, f"# sha256 {hashlib.sha256(text.encode()).hexdigest()}\n{text}")
+    _GROUP_CONFIGS[key] = cfg
+    return cfg
 
 
 class Composer:
@@ -169,10 +205,7 @@ class Composer:
         groups = tuple(o for o in overrides if (CONF_DIR / o.lstrip("+~").split("=", 1)[0]).is_dir())
         values = [o for o in overrides if o not in groups]
         try:
-            key = (self.conf_digest, groups)
-            if key not in _GROUP_CONFIGS:
-                _GROUP_CONFIGS[key] = _hydra_compose(groups)
-            cfg = copy.deepcopy(_GROUP_CONFIGS[key])
+            cfg = copy.deepcopy(_group_config(self.conf_digest, groups))
             ConfigLoaderImpl._apply_overrides_to_config([self.parser.parse_override(o) for o in values], cfg)
             OmegaConf.resolve(cfg)
             _validate(cfg)

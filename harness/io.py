@@ -14,7 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "under"]
+__all__ = ["CACHE_ENV", "atomic_write", "atomic_write_json", "atomic_write_text", "cache_dir", "under"]
+
+CACHE_ENV = "HARNESS_CACHE"
+
+
+def cache_dir() -> Path:
+    """What the harness builds once and reads again (the stand-ins' scenes, compiled job graphs): $HARNESS_CACHE, else
+    ~/.cache/splitmask-harness. Shared by every sweep of a user, like torch's and timm's caches; a location, not part
+    of any job's identity, and never the results folder (commands that only read create nothing there)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "splitmask-harness").expanduser()
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

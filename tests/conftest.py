@@ -42,8 +42,9 @@ def _session_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _cache_outside_home(_session_cache, monkeypatch):
-    """Built data (the dense stand-ins' scenes) goes to one temporary cache for the session, never to ~/.cache."""
-    from harness.train.dense import CACHE_ENV
+    """Built data (the dense stand-ins' scenes, compiled graphs) goes to one temporary cache for the session, never
+    to ~/.cache."""
+    from harness.io import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(_session_cache))
 

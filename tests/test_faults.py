@@ -13,10 +13,12 @@ import pytest
 from tests.faults import PARTS, SESSION, Tally
 from tests.helpers import needs_data
 
+# The bad-input corpus takes seconds and needs no training: it runs in `make test-quick` too.
+QUICK = ("inputs",)
+
 
 @needs_data
-@pytest.mark.slow
-@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("part", [p if p in QUICK else pytest.param(p, marks=pytest.mark.slow) for p in PARTS])
 def test_fault_part_survives(part, tmp_path):
     tally = Tally()
     importlib.import_module(f"tests.faults.{part}").run(tally, tmp_path, full=False)

@@ -108,14 +108,16 @@ def test_cluster_settings_stage_over_profile_and_command_line_over_all(tmp_path)
         compile_request(Request([sweep], ["cluster.gpu=1"], results=str(tmp_path / "results")))
 
 
-def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path):
+def test_compiled_graph_is_read_back_until_an_input_changes(tmp_path, monkeypatch):
+    from harness.io import CACHE_ENV
     from harness.sweep import Request, compile_request
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     sweep = write_sweep(tmp_path, TWO_STAGES)
     req = Request([sweep], ["seed=1"], results=str(tmp_path / "results"))
-    (tmp_path / "results").mkdir()  # no results folder, no cache (see the read-only test)
     first = compile_request(req)
-    (cached,) = (tmp_path / "results" / ".harness" / "graphs").glob("*.json")
+    assert not (tmp_path / "results").exists()  # compiling writes nothing into the results folder
+    (cached,) = (tmp_path / "cache" / "graphs").glob("*.json")
     again = compile_request(req)
     assert [(j.id, j.container, list(j.container), j.run_dir, j.upstream, j.refs) for j in again.jobs.values()] == [
         (j.id, j.container, list(j.container), j.run_dir, j.upstream, j.refs) for j in first.jobs.values()

@@ -8,7 +8,6 @@ Jobs are stand-ins: `tests.faults.launcher:steps` (resumable, no torch: a worker
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -22,7 +21,6 @@ from harness.cli import main
 from harness.launch import commands, pool
 from harness.launch.journal import Journal
 from harness.launch.state import State, cause, log_paths, observe, submitit_folder
-from tests.faults import Tally
 from tests.faults.launcher import DRIVER, _ours
 from tests.helpers import TWO_STAGES, write_sweep
 from tests.test_launch_pool import ROOT, graph_of, instruct, wait_until
@@ -385,14 +383,3 @@ def test_harness_train_prints_a_training_error_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(entry, "main", fails)
     assert cli("train", "pretrain") == 2
     assert capsys.readouterr().err == "harness train: loss is nan at iteration 3 (run folder results/pretrain/abc)\n"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("part", ["launcher", "corrupt_launch"])
-def test_the_launcher_fault_parts_survive(part, tmp_path):
-    """The quick variants of tests/faults/launcher.py (3 kills of `harness run`) and corrupt_launch.py."""
-    tally = Tally()
-    importlib.import_module(f"tests.faults.{part}").run(tally, tmp_path, full=False)
-    assert tally.failures == []
-    assert tally.launcher_kills + tally.corruptions > 0
-    assert (tally.duplicates, tally.lost) == (0, 0) and tally.corruptions_recovered == tally.corruptions

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import compose, config_hash
+from harness.io import CACHE_ENV
 from harness.launch.cost import CostModel
 from harness.sweep import SweepError, compile_sweeps, load_sweep
 
@@ -411,12 +412,12 @@ def test_a_changed_dataset_size_changes_the_cached_graphs_epochs(tmp_path, monke
     from harness import catalog
     from harness.sweep import Request, compile_request
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     req = Request([str(write(tmp_path, PARITY))], results=str(tmp_path / "results"))
-    (tmp_path / "results").mkdir()  # a graph is cached in a results folder that exists (`run` makes it)
     (job,) = compile_request(req).jobs.values()
     assert job.config.optim.epochs == 3000  # FACTS §3.1: IN-10% at parity with 300 ImageNet epochs
     (job,) = compile_request(req).jobs.values()  # read back from the cache
-    assert job.config.optim.epochs == 3000 and len(list((tmp_path / "results").rglob("graphs/*.json"))) == 1
+    assert job.config.optim.epochs == 3000 and len(list((tmp_path / "cache").rglob("graphs/*.json"))) == 1
     monkeypatch.setitem(
         catalog.DATASETS, "imagenet", dataclasses.replace(catalog.DATASETS["imagenet"], train_size=128_117)
     )
@@ -455,14 +456,14 @@ def test_the_graph_cache_key_covers_code_config_catalogue_and_versions(tmp_path,
     assert len(set(keys)) == len(keys)
 
 
-def test_an_old_graph_cache_file_is_compiled_again(tmp_path):
+def test_an_old_graph_cache_file_is_compiled_again(tmp_path, monkeypatch):
     """A graph file of another layout (format 1 had `runnable`) under the current key is not trusted."""
     from harness.sweep import Request, compile_request
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     req = Request([str(write(tmp_path, PARITY))], results=str(tmp_path / "results"))
-    (tmp_path / "results").mkdir()  # a graph is cached in a results folder that exists (`run` makes it)
     first = compile_request(req)
-    (cached,) = (tmp_path / "results").rglob("graphs/*.json")
+    (cached,) = (tmp_path / "cache").rglob("graphs/*.json")
     cached.write_text(cached.read_text().replace('"blocked": null', '"runnable": true'))
     again = compile_request(req)
     assert list(again.jobs) == list(first.jobs) and next(iter(again.jobs.values())).blocked is None

@@ -10,6 +10,7 @@ upstream's run folder as `pretrained=` and keeps the upstream's keys as part of 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -378,7 +379,8 @@ def compile_sweeps(
     for sweep in sweeps:
         compiler.sweep(sweep)
     if path is not None:
-        _write_jobs(path, compiler.jobs)
+        with contextlib.suppress(OSError):  # a cache that cannot be written (read-only home, full disk) is no cache
+            _write_jobs(path, compiler.jobs)
     return Graph(sweeps=list(sweeps), jobs=compiler.jobs)
 
 

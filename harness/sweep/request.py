@@ -4,8 +4,9 @@
     graph = compile_request(req)      # SweepError before anything is submitted or read
 
 It sits with the sweeps, below the launcher and the reports, because both start from it: the launcher compares the
-graph with the queue, the reports read its run folders. Compiled graphs are cached under
-`<results>/.harness/graphs/` (`harness.sweep.graph.compile_sweeps`).
+graph with the queue, the reports read its run folders. Compiled graphs are cached in the user's cache,
+`$HARNESS_CACHE/graphs/` (`harness.io.cache_dir`; keyed by everything they depend on, the results folder included:
+`harness.sweep.graph.compile_sweeps`), so that a command that only reads writes nothing into the results folder.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from harness.io import cache_dir
 from harness.sweep.graph import Graph, compile_sweeps, load_cluster
-from harness.sweep.spec import load_sweep
+from harness.sweep.spec import SweepError, load_sweep
 
 __all__ = ["CLUSTER_ENV", "RESULTS_ENV", "Request", "compile_request"]
 
@@ -47,10 +49,13 @@ def compile_request(req: Request) -> Graph:
     for item in req.overrides:
         key, sep, value = item.partition("=")
         if key.startswith("cluster.") and sep:
-            cluster_overrides[key.removeprefix("cluster.")] = yaml.safe_load(value)
+            try:
+                cluster_overrides[key.removeprefix("cluster.")] = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                problem = getattr(err, "problem", None) or "not a YAML value"
+                raise SweepError(f"command line: {key}={value}: {problem} (expected a YAML value)") from None
         else:
             job_overrides.append(item)
     sweeps = [load_sweep(path) for path in req.sweeps]
-    # No results folder yet: no cache either (plan, status and report create nothing; `run` makes the folder).
-    cache = req.results_dir / ".harness" / "graphs" if req.results_dir.is_dir() else None
+    cache = cache_dir() / "graphs"
     return compile_sweeps(sweeps, req.results_dir, req.profile, cluster, job_overrides, cluster_overrides, cache)

@@ -20,7 +20,6 @@ differs is here:
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from harness.config import ConfigError
+from harness.io import CACHE_ENV, cache_dir
 from harness.train import distributed
 from harness.train.build import build_model
 from harness.train.loader import SeededTransformDataset, shard_indices
@@ -41,7 +41,6 @@ from model.dense import sync_batchnorm
 
 __all__ = ["CACHE_ENV", "DenseTrainer", "cache_dir", "dense_root"]
 
-CACHE_ENV = "HARNESS_CACHE"
 
 # A dense task, the dataset it reads, the metric its best evaluation is chosen by, and the metrics it reports.
 DATASET = {"detect": "coco", "segment": "ade20k"}
@@ -58,12 +57,6 @@ def collate_lists(batch: list[tuple]) -> tuple[list, list]:
 def _single(batch: list[tuple]) -> tuple:
     """Segmentation evaluation: one image at a time (each has its own size), unbatched."""
     return batch[0]
-
-
-def cache_dir() -> Path:
-    """Where built data lives (the stand-ins' scenes): $HARNESS_CACHE, else ~/.cache/splitmask-harness. Shared by
-    every job and sweep of a user, like torch's and timm's caches; a location, not part of any job's identity."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "splitmask-harness").expanduser()
 
 
 def dense_root(cfg: DictConfig) -> Path | None:

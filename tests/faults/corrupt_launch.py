@@ -6,7 +6,7 @@ written. Then, one at a time, each damage below is made and undone:
 - the journal (results/.harness/journal.jsonl): a torn last line (ignored), a line in the middle that is not JSON,
   not an object, misses a key or has a key of the wrong type (each skipped with a warning naming the file and its
   line number);
-- the graph cache (results/.harness/graphs/*.json): not JSON, truncated, empty, not an object, an entry that points
+- the graph cache ($HARNESS_CACHE/graphs/*.json): not JSON, truncated, empty, not an object, an entry that points
   nowhere (each compiled again: the same jobs);
 - the fine-tuning's result.json: `[1, 2]`, `{"top1": "abc"}`, truncated, empty (the job reads `corrupt`: `status`
   exits 1 and shows it, `plan` counts it to submit, `run --dry-run` would submit it, `report` skips it with a
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,21 @@ stages:
 
 
 def run(tally: Tally, workdir: Path, full: bool) -> None:
+    from harness.io import CACHE_ENV
+
+    saved = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(workdir / "cache")  # a graph cache of this part's own, to damage
+    try:
+        _run(tally, workdir)
+    finally:
+        if saved is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = saved
+
+
+def _run(tally: Tally, workdir: Path) -> None:
+    from harness.io import cache_dir
     from harness.launch.journal import Journal
     from harness.sweep import Request, compile_request
     from tests.helpers import write_sweep
@@ -52,7 +68,7 @@ def run(tally: Tally, workdir: Path, full: bool) -> None:
     for n, job in enumerate(jobs):
         _make_done(job, results, journal, str(DEAD_PID - n))
     fine = jobs[-1].run_dir / "result.json"
-    (cache,) = (results / ".harness" / "graphs").glob("*.json")
+    (cache,) = (cache_dir() / "graphs").glob("*.json")
     lines = journal.path.read_text().splitlines(keepends=True)
     check = _Checker(tally, sweep, results, workdir / "reports", [j.id for j in jobs])
 
