@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from harness.io import atomic_write_json
+from harness.launch.commands import text_table as table  # the tables `harness plan` prints
 from harness.launch.pool import usable_cores
 from harness.provenance import git_sha
 
@@ -61,15 +62,6 @@ def write_result(
     path = path or Path(out) / f"{name}-{now:%Y%m%d-%H%M%S-%f}.json"
     atomic_write_json(path, record)
     return path
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    """A plain left-aligned text table, as `harness plan` prints its own."""
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def verdict(ok: bool | None) -> str:

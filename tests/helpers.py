@@ -26,6 +26,15 @@ TINY = (
 )
 
 
+# Two independent pre-trainings (seeds 1 and 2) and the fine-tuning of each.
+TWO_BY_TWO = """
+stages:
+  pretrain:
+    grid: {seed: [1, 2]}
+  finetune:
+    grid: {from: pretrain}
+"""
+
 # A pre-training stage (one BEiT) and the fine-tuning that starts from it.
 TWO_STAGES = """
 stages:

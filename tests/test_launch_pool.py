@@ -22,19 +22,10 @@ from harness.launch import pool
 from harness.launch.journal import Journal
 from harness.launch.state import State, log_paths, observe
 from harness.sweep import Request, compile_request
-from tests.helpers import needs_data, write_sweep
+from tests.helpers import TWO_BY_TWO, needs_data, write_sweep
 
 TARGET = "tests.pool_jobs:record"
 ROOT = Path(__file__).resolve().parents[1]
-
-# Two independent pre-trainings (seeds 1 and 2) and the fine-tuning of each.
-TWO_BY_TWO = """
-stages:
-  pretrain:
-    grid: {seed: [1, 2]}
-  finetune:
-    grid: {from: pretrain}
-"""
 
 
 @pytest.fixture

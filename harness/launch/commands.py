@@ -23,7 +23,7 @@ from harness.launch.state import IN_FLIGHT, JobState, State, observe
 from harness.sweep import Graph, Job, Request, compile_request
 from harness.train import RESULT_FILE
 
-__all__ = ["plan", "run", "status"]
+__all__ = ["plan", "run", "status", "text_table"]
 
 # States `run` submits again (when nothing holds the job back): a cancelled job never started; a corrupt, missing or
 # interrupted one resumes from its last checkpoint, if any. A failed one waits for --retry-failed.
@@ -31,7 +31,8 @@ RESUBMIT = (State.NOT_SUBMITTED, State.CANCELLED, State.CORRUPT, State.MISSING, 
 HERE = ("local", "debug")  # executors that run jobs on this machine
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def text_table(headers: list[str], rows: list[list]) -> str:
+    """A plain left-aligned text table, as `plan` and `status` print theirs."""
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
@@ -79,7 +80,7 @@ def plan(req: Request, out=None, measure: bool = False) -> int:
         for ref, job in graph.refs(sweep.name):
             by_stage.setdefault(ref.stage, {})[job.id] = job
         rows = [_plan_row(name, list(jobs.values()), states, estimates) for name, jobs in by_stage.items()]
-        print(_table(columns, rows), file=out)
+        print(text_table(columns, rows), file=out)
     all_jobs = list(graph.jobs.values())
     _print_blocked(all_jobs, out)
     if len(graph.sweeps) > 1:
@@ -90,7 +91,7 @@ def plan(req: Request, out=None, measure: bool = False) -> int:
             for task in dict.fromkeys(j.task for j in all_jobs)
         ]
         rows.append(_plan_row("total", all_jobs, states, estimates))
-        print(_table(columns, rows), file=out)
+        print(text_table(columns, rows), file=out)
     _print_hours(req, [j for j in all_jobs if j.blocked is None], estimates, cpu, out)
     return 0
 
@@ -327,7 +328,7 @@ def status(req: Request, out=None) -> int:
             if st.state in (State.FAILED, State.CORRUPT):
                 failed = True
                 tails.append((ref, job, st))
-        print(_table(["stage", "cell", "state", "job id", "elapsed", "last metric"], rows), file=out)
+        print(text_table(["stage", "cell", "state", "job id", "elapsed", "last metric"], rows), file=out)
         for ref, job, st in tails:
             if st.state is State.CORRUPT:
                 print(f"\n{ref.stage} {ref.label} ({job.id}) corrupt: {job.run_dir / RESULT_FILE}", file=out)

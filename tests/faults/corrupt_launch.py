@@ -26,16 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.faults import Tally
+from tests.helpers import TWO_STAGES
 
 DEAD_PID = 4194999  # above Linux's largest pid (2**22): never a live process
-SWEEP = """
-stages:
-  pretrain:
-    grid:
-      method: {beit: [method=beit]}
-  finetune:
-    grid: {from: pretrain}
-"""
+SWEEP = TWO_STAGES  # one BEiT pre-training and the fine-tuning from it
 
 
 def run(tally: Tally, workdir: Path, full: bool) -> None:

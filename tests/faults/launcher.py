@@ -34,20 +34,14 @@ from collections import Counter
 from pathlib import Path
 
 from tests.faults import Tally
+from tests.helpers import TWO_BY_TWO
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, STEP_S = 8, 0.1  # `steps`: a job's steps and how long each takes
 GUARD_S = 300.0  # how long a try may wait for its sweep (a hang guard, not a timing)
 RERUNS = 6  # plain reruns allowed before a try counts as not finished
 
-# Two pre-trainings (seeds 1 and 2) and the fine-tuning of each.
-SWEEP = """
-stages:
-  pretrain:
-    grid: {seed: [1, 2]}
-  finetune:
-    grid: {from: pretrain}
-"""
+SWEEP = TWO_BY_TWO  # two pre-trainings (seeds 1 and 2) and the fine-tuning of each
 
 # `harness run` with the fault hooks: FAULT_AT=N kills it on the N-th Journal.submitted, before it writes;
 # FAULT_TARGET replaces the local executor's job (`module:callable`).
