@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian's dataset-fashion-mnist package: the data of the demo, the tests and the smoke profile.
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data slurm test test-quick lint demo bench clean
+.PHONY: install data slurm test test-quick lint demo bench faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ test: lint data
 # training jobs) and without bringing SLURM up: a minute or two while editing. `make test` still runs everything.
 test-quick: lint data
 	$(PY) -m pytest -q -m "not slow"
+
+# The fault-injection suite's full counts (tests/faults: 20 training kills, 10+ launcher kills, every corruption and
+# bad input; ~5 minutes on 2 cores); `make test` runs its quick variant. Brings SLURM up where it can, as `test` does.
+faults: install data
+	@if [ "$$(id -u)" = 0 ] && command -v sbatch >/dev/null; then bash scripts/slurm-local.sh up || true; fi
+	$(PY) -m tests.faults --full
 
 demo: install data
 	$(PY) -m harness.demo
