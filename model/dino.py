@@ -132,7 +132,10 @@ class DINO(Method):
             per_epoch=True,
         )
         self._momentum_schedule = Schedule(base=momentum_teacher, final=1.0)
-        # First values of the schedules, so that forward works before the loop sets them.
+        # First values of the schedules, so that forward works before the loop sets them. The temperature is read in
+        # forward, so it is a (non-persistent) 0-dim buffer set in place: a float attribute would make torch.compile
+        # specialise on it and compile again when its schedule moves.
+        self.register_buffer("_teacher_temp", torch.tensor(0.0, dtype=torch.float64), persistent=False)
         self.teacher_temp = float(warmup_teacher_temp if warmup_teacher_temp_epochs > 0 else teacher_temp)
         self.teacher_momentum = float(momentum_teacher)
 
@@ -146,6 +149,14 @@ class DINO(Method):
             if isinstance(m, DropPath):
                 m.drop_prob = 0.0
         self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @property
+    def teacher_temp(self) -> float:
+        return float(self._teacher_temp)  # for reading and logging; forward uses the tensor (no host sync)
+
+    @teacher_temp.setter
+    def teacher_temp(self, value: float) -> None:
+        self._teacher_temp.fill_(value)
 
     # ---------------------------------------------------------------------------------------------------------
     # contract with the training loop
@@ -215,7 +226,7 @@ class DINO(Method):
         with torch.no_grad():
             teacher = self._multi_crop(self.teacher_encoder, self.teacher_head, crops[:num_global]).float()  # [G*B, K]
             # Centring and sharpening; the centre is the one from before this batch, as in DINO.
-            probs = F.softmax((teacher - self.center) / self.teacher_temp, dim=-1)
+            probs = F.softmax((teacher - self.center) / self._teacher_temp, dim=-1)
         loss = self._loss(student, probs, batch)
         self._update_center(teacher)
         with torch.no_grad():

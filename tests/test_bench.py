@@ -99,10 +99,10 @@ def test_compiled_splitmask_and_beit_have_no_graph_break_but_the_cpu_mask_check(
         assert (found["graphs"], found["graph_breaks"], found["recompiles"]) == (1, 0, 0), found
 
 
-def test_dino_recompiles_once_when_its_teacher_temperature_changes():
-    """A scheduled value is a float attribute: dynamo specialises on it once, then makes it dynamic."""
+def test_dino_compiles_once_though_its_teacher_temperature_changes():
+    """The scheduled temperature is a buffer set in place, not a float attribute dynamo would specialise on."""
     found = step.explain(step.build_case("dino", "micro", 4, torch.device("cpu"), batches=3), steps=3)
-    assert (found["graph_breaks"], found["recompiles"]) == (0, 1)
+    assert (found["graphs"], found["graph_breaks"], found["recompiles"]) == (1, 0, 0), found
 
 
 def test_step_explain_prints_the_table(tmp_path):
