@@ -32,14 +32,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from harness.config import ConfigError
-from harness.io import CACHE_ENV, cache_dir
+from harness.io import cache_dir
 from harness.train import distributed
 from harness.train.build import build_model
 from harness.train.loader import SeededTransformDataset, shard_indices
 from harness.train.loop import Trainer
 from model.dense import sync_batchnorm
 
-__all__ = ["CACHE_ENV", "DenseTrainer", "cache_dir", "dense_root"]
+__all__ = ["DenseTrainer", "dense_root"]
 
 
 # A dense task, the dataset it reads, the metric its best evaluation is chosen by, and the metrics it reports.

@@ -21,6 +21,12 @@ from model.method import Schedule
 __all__ = ["array", "cosine", "lr_schedule", "poly", "steps"]
 
 
+def _lengths(epochs: float, iters_per_epoch: int, length: int | None) -> tuple[int, int]:
+    """(iterations of the whole schedule, how many of them to compute: the first `length` when given)."""
+    total = max(1, round(epochs * iters_per_epoch))
+    return total, total if length is None else max(0, min(total, length))
+
+
 def cosine(
     base: float,
     final: float,
@@ -36,9 +42,8 @@ def cosine(
     at a few iterations of a long schedule computes only those). With `base == final` it is a warm-up followed by a
     constant; with no warm-up, a plain cosine (DINO's teacher momentum 0.996 -> 1).
     """
-    total = max(1, round(epochs * iters_per_epoch))
+    total, n = _lengths(epochs, iters_per_epoch, length)
     warmup = min(total, round(warmup_epochs * iters_per_epoch))
-    n = total if length is None else max(0, min(total, length))
     ramp = np.linspace(warmup_start, base, warmup, endpoint=False)[:n] if warmup else np.empty(0)
     steps = np.arange(max(0, n - warmup))
     span = max(1, total - warmup - 1)
@@ -67,8 +72,7 @@ def steps(
 ) -> np.ndarray:
     """Step decay (mmdet's `policy='step'`): `base`, times `factor` after each milestone epoch (the lr of epoch e is
     base x factor^(milestones <= e)); the first `warmup_iters` iterations warm up (see `_mmcv_warmup`)."""
-    total = max(1, round(epochs * iters_per_epoch))
-    n = total if length is None else max(0, min(total, length))
+    _, n = _lengths(epochs, iters_per_epoch, length)
     # A milestone's first iteration, rounded (a micro run's scaled milestones are fractional epochs).
     first = np.round(np.asarray(milestones, dtype=float) * iters_per_epoch)
     passed = (np.arange(n)[:, None] >= first[None, :]).sum(1) if len(first) else np.zeros(n)
@@ -87,8 +91,7 @@ def poly(
 ) -> np.ndarray:
     """Polynomial decay over the whole run (mmseg's `policy='poly'`): (base - final) x (1 - i / total)^power + final,
     the first `warmup_iters` iterations warmed up (see `_mmcv_warmup`)."""
-    total = max(1, round(epochs * iters_per_epoch))
-    n = total if length is None else max(0, min(total, length))
+    total, n = _lengths(epochs, iters_per_epoch, length)
     i = np.arange(n)
     return _mmcv_warmup((base - final) * (1 - i / total) ** power + final, warmup_iters, warmup_factor)
 
